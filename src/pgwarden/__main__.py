@@ -1,0 +1,3 @@
+from pgwarden.cli.main import main
+
+main()

@@ -1,0 +1,51 @@
+"""Entry point: `pgwarden [--log-level L] COMMAND ...`."""
+
+from __future__ import annotations
+
+import click
+
+from pgwarden import __version__
+from pgwarden.cli.config_cmd import config_group
+from pgwarden.cli.lab_cmd import lab_group
+from pgwarden.errors import PgwardenError
+from pgwarden.logs import LEVELS, configure_logging
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, "-V", "--version", prog_name="pgwarden")
+@click.option(
+    "--log-level",
+    type=click.Choice(LEVELS),
+    default="info",
+    show_default=True,
+    help="Lowest level of log events written to stderr.",
+)
+def cli(log_level: str) -> None:
+    """pgwarden: high availability and disaster recovery for PostgreSQL.
+
+    \b
+    Exit codes: 0 success; 1 the operation failed or the input is invalid
+    (one sentence on stderr says why); 2 the command line itself is wrong.
+    """
+    configure_logging(log_level)
+
+
+cli.add_command(config_group)
+cli.add_command(lab_group)
+
+
+def main() -> None:
+    """Run the CLI, turning pgwarden errors into one line on stderr and exit code 1."""
+    try:
+        cli.main(prog_name="pgwarden", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        raise SystemExit(130) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except PgwardenError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None

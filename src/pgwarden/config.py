@@ -1,0 +1,440 @@
+"""The configuration file: YAML -> validated, frozen settings; every error names its field.
+
+`load_config(path)` reads and validates a file, `parse_config(data)` validates an already
+parsed mapping, and `effective_config(settings)` gives back the whole configuration with
+defaults filled in and secrets masked. Invalid input raises `ConfigError` listing every
+problem at once, one `(field.path, sentence)` each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pgwarden.config_errors import translate, unwrap
+from pgwarden.config_parameters import Parameters, is_secret_parameter
+from pgwarden.config_types import (
+    MASK,
+    SECONDS_UNIT,
+    AbsolutePath,
+    BucketName,
+    ConnectAddress,
+    Count,
+    Cron,
+    Days,
+    EndpointUrl,
+    Flag,
+    HostList,
+    HostPort,
+    Loc,
+    Name,
+    Number,
+    ObjectPrefix,
+    OsUser,
+    RoleName,
+    ScalarValue,
+    Seconds,
+    Secret,
+    Text,
+    ZnodePath,
+    format_number,
+    invalid,
+    problems,
+    replication_slot_name,
+    split_host_port,
+)
+from pgwarden.errors import ConfigError, PgwardenError
+
+__all__ = [
+    "MASK",
+    "ApiSettings",
+    "BackupSettings",
+    "Compression",
+    "Credentials",
+    "DcsSettings",
+    "DrillCheck",
+    "DrillSettings",
+    "FsStorage",
+    "PostgresSettings",
+    "ReplicationCredentials",
+    "Retention",
+    "S3Storage",
+    "Settings",
+    "Storage",
+    "SuperuserCredentials",
+    "effective_config",
+    "load_config",
+    "parse_config",
+    "read_password",
+    "replication_slot_name",
+]
+
+
+@cache
+def _containers(model: type[BaseModel]) -> dict[str, bool]:
+    """Fields holding a section, list or mapping that may not be null: name -> required."""
+    found: dict[str, bool] = {}
+    for name, field in model.model_fields.items():
+        options = unwrap(field.annotation)
+        if type(None) in options:
+            continue
+        if any(
+            (isinstance(option, type) and issubclass(option, BaseModel))
+            or get_origin(option) in (tuple, list, dict, Mapping)
+            for option in options
+        ):
+            found[name] = field.is_required()
+    return found
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_default(cls, data: Any) -> Any:
+        # YAML reads a section whose lines are all commented out (`postgres:`) as null: treat
+        # it as left out, so the defaults apply, or as empty when the section is required.
+        if not isinstance(data, Mapping):
+            return data
+        containers = _containers(cls)
+        cleaned: dict[Any, Any] = {}
+        for key, value in data.items():
+            if value is None and key in containers:
+                if containers[key]:
+                    cleaned[key] = {}
+                continue
+            cleaned[key] = value
+        return cleaned
+
+
+# --- postgres --------------------------------------------------------------------------
+
+
+class Credentials(_Section):
+    """A PostgreSQL role; its password inline or in a file (neither: peer, cert or .pgpass)."""
+
+    username: RoleName
+    password: Secret | None = None
+    password_file: AbsolutePath | None = None
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> Self:
+        if self.password is not None and self.password_file is not None:
+            raise problems(
+                [(("password_file",), "give either password or password_file, not both")]
+            )
+        return self
+
+
+class SuperuserCredentials(Credentials):
+    username: RoleName = "postgres"
+
+
+class ReplicationCredentials(Credentials):
+    username: RoleName = "replicator"
+
+
+class PostgresSettings(_Section):
+    # None: PostgreSQL programs (initdb, pg_ctl, pg_rewind, ...) are found on PATH.
+    bin_dir: AbsolutePath | None = None
+    data_dir: AbsolutePath = Path("/var/lib/postgresql/data")
+    # Where PostgreSQL listens and where the other members connect to it.
+    listen_address: ConnectAddress = "127.0.0.1"
+    port: Count = Field(default=5432, ge=1, le=65535)
+    superuser: SuperuserCredentials = Field(default_factory=SuperuserCredentials)
+    replication: ReplicationCredentials = Field(default_factory=ReplicationCredentials)
+    parameters: Parameters = Field(default_factory=dict)
+    os_user: OsUser = "postgres"
+
+
+# --- dcs and api -----------------------------------------------------------------------
+
+
+class DcsSettings(_Section):
+    """ZooKeeper, and the timing of the leader lease."""
+
+    hosts: HostList
+    root: ZnodePath = "/pgwarden"
+    # The leader lease: a primary unconfirmed for this long loses the leader key.
+    ttl: Seconds = Field(default=10, ge=2)
+    # The pause between two HA loop iterations when nothing wakes the loop earlier.
+    loop_wait: Seconds = Field(default=1, gt=0)
+    # How long one consensus store operation is retried before the loop gives up on it.
+    retry_timeout: Seconds = Field(default=5, gt=0)
+    # The primary demotes (and is fenced) this long before its lease could pass on.
+    safety_margin: Seconds = Field(default=2, gt=0)
+
+    @model_validator(mode="after")
+    def _shorter_than_ttl(self) -> Self:
+        found: list[tuple[Loc, str]] = []
+        ttl = f"dcs.ttl ({SECONDS_UNIT.of(self.ttl)})"
+        for name in ("loop_wait", "retry_timeout", "safety_margin"):
+            value = getattr(self, name)
+            if value >= self.ttl:
+                found.append(((name,), f"must be less than {ttl}, got {SECONDS_UNIT.of(value)}"))
+        if found:
+            raise problems(found)
+        return self
+
+
+class ApiSettings(_Section):
+    listen: HostPort = "127.0.0.1:8008"
+    # None: only the read-only health and metrics endpoints are served.
+    token_file: AbsolutePath | None = None
+
+
+# --- storage ---------------------------------------------------------------------------
+
+
+class S3Storage(_Section):
+    """An S3-compatible bucket. Credentials come from the environment or a named profile."""
+
+    type: Literal["s3"]
+    bucket: BucketName
+    prefix: ObjectPrefix = "pgwarden"
+    endpoint_url: EndpointUrl | None = None
+    region: Text | None = None
+    profile: Text | None = None
+    force_path_style: Flag = False
+    sse: Literal["none", "AES256", "aws:kms"] = "none"
+    kms_key_id: Text | None = None
+
+    @model_validator(mode="after")
+    def _kms_key_needs_kms(self) -> Self:
+        if self.kms_key_id is not None and self.sse != "aws:kms":
+            raise problems(
+                [(("kms_key_id",), f"is only used with sse 'aws:kms', not {self.sse!r}")]
+            )
+        return self
+
+
+class FsStorage(_Section):
+    """A local or mounted directory."""
+
+    type: Literal["fs"]
+    directory: AbsolutePath
+
+
+Storage = Annotated[S3Storage | FsStorage, Field(discriminator="type")]
+
+# --- backup and drill ------------------------------------------------------------------
+
+
+class Retention(_Section):
+    """Keep a backup while either rule needs it; never delete the newest one.
+
+    `full_count`: the newest N full backups are kept. `window_days`: every moment of the last
+    N days stays restorable, so the newest backup older than the window is kept too.
+    """
+
+    full_count: Count | None = Field(default=None, ge=1)
+    window_days: Days | None = None
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> Self:
+        if self.full_count is None and self.window_days is None:
+            raise invalid("must set full_count, window_days or both")
+        return self
+
+
+class Compression(_Section):
+    algorithm: Literal["zstd", "none"] = "zstd"
+    level: Count = Field(default=3, ge=1, le=22)
+
+    @model_validator(mode="after")
+    def _level_needs_zstd(self) -> Self:
+        if self.algorithm == "none" and "level" in self.model_fields_set:
+            raise problems([(("level",), "is only used with algorithm 'zstd'")])
+        return self
+
+
+class BackupSettings(_Section):
+    # Cron expressions are evaluated in UTC; null turns scheduled backups off.
+    schedule: Cron | None = "0 1 * * *"
+    retention: Retention = Field(default_factory=lambda: Retention(full_count=7))
+    compression: Compression = Field(default_factory=Compression)
+    # None: backups and WAL are stored unencrypted (the bucket's own encryption aside).
+    encryption_key_file: AbsolutePath | None = None
+
+
+class DrillCheck(_Section):
+    """A query run on the restored copy; its single value must meet the expectation."""
+
+    name: Name
+    sql: Text
+    min: Number | None = None
+    max: Number | None = None
+    equals: ScalarValue | None = None
+
+    @model_validator(mode="after")
+    def _expectation(self) -> Self:
+        if self.min is None and self.max is None and self.equals is None:
+            raise invalid("needs an expectation: min, max, equals or a combination")
+        found: list[tuple[Loc, str]] = []
+        if self.min is not None and self.max is not None and self.min > self.max:
+            found.append((("max",), f"must not be below min ({format_number(self.min)})"))
+        if self.equals is not None and (self.min is not None or self.max is not None):
+            low = float("-inf") if self.min is None else self.min
+            high = float("inf") if self.max is None else self.max
+            if isinstance(self.equals, bool | str) or not low <= self.equals <= high:
+                found.append((("equals",), "contradicts min/max, so the check could never pass"))
+        if found:
+            raise problems(found)
+        return self
+
+
+class DrillSettings(_Section):
+    # Restore drills weekly, Sunday 03:00 UTC; null turns scheduled drills off.
+    schedule: Cron | None = "0 3 * * 0"
+    checks: tuple[DrillCheck, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        seen: set[str] = set()
+        found: list[tuple[Loc, str]] = []
+        for index, check in enumerate(self.checks):
+            if check.name in seen:
+                found.append((("checks", index, "name"), f"{check.name!r} is used twice"))
+            seen.add(check.name)
+        if found:
+            raise problems(found)
+        return self
+
+
+# --- the whole file --------------------------------------------------------------------
+
+
+class Settings(_Section):
+    """Everything one agent needs; built by `load_config` or `parse_config`."""
+
+    cluster: Name
+    member: Name
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    dcs: DcsSettings
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    storage: Storage
+    backup: BackupSettings = Field(default_factory=BackupSettings)
+    drill: DrillSettings = Field(default_factory=DrillSettings)
+
+    @property
+    def slot_name(self) -> str:
+        """The replication slot other members keep for this one."""
+        return replication_slot_name(self.member)
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Self:
+        found: list[tuple[Loc, str]] = []
+        api = split_host_port(self.api.listen)
+        if api is not None and api[1] == self.postgres.port:
+            found.append((("api", "listen"), f"port {api[1]} is already postgres.port"))
+        if isinstance(self.storage, FsStorage) and self.storage.directory.is_relative_to(
+            self.postgres.data_dir
+        ):
+            # A base backup would copy its own storage, and a restore would wipe it.
+            found.append((("storage", "directory"), "must not be inside postgres.data_dir"))
+        if found:
+            raise problems(found)
+        return self
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> Settings:
+    """Read and validate a YAML configuration file; raise ConfigError naming every problem."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _file_error(f"configuration file {source} does not exist") from None
+    except IsADirectoryError:
+        raise _file_error(f"configuration file {source} is a directory") from None
+    except PermissionError:
+        raise _file_error(f"cannot read configuration file {source}: permission denied") from None
+    except UnicodeDecodeError:
+        raise _file_error(f"configuration file {source} is not UTF-8 text") from None
+    except OSError as exc:
+        raise _file_error(f"cannot read configuration file {source}: {exc.strerror}") from None
+    data = _parse_yaml(text, source)
+    if data is None:
+        raise _file_error(f"configuration file {source} is empty")
+    if not isinstance(data, Mapping):
+        kind = "a list" if isinstance(data, list) else "a single value"
+        raise _file_error(
+            f"configuration file {source} must be a mapping of settings at the top level, "
+            f"got {kind}"
+        )
+    return parse_config(data)
+
+
+def parse_config(data: Mapping[str, Any]) -> Settings:
+    """Validate an already parsed configuration; raise ConfigError naming every problem."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(translate(exc, Settings)) from None
+
+
+def effective_config(settings: Settings) -> dict[str, Any]:
+    """The whole configuration as plain data: defaults filled in, every secret masked."""
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    parameters: dict[str, Any] = data["postgres"]["parameters"]
+    for name in parameters:
+        if is_secret_parameter(name):
+            parameters[name] = MASK
+    return data
+
+
+def read_password(credentials: Credentials) -> str | None:
+    """The role's password, from the settings or from its password_file (one line)."""
+    if credentials.password is not None:
+        return credentials.password.get_secret_value()
+    if credentials.password_file is None:
+        return None
+    try:
+        text = credentials.password_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PgwardenError(
+            f"cannot read password_file {credentials.password_file}: {exc.strerror}"
+        ) from None
+    return text.rstrip("\r\n")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice is an error rather than silently replaced."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults`: keys given next to it may override merged ones
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, source: Path) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  # a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        # The problem and its position only: the offending line itself may hold a password.
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise _file_error(f"configuration file {source}{where}: invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise _file_error(f"configuration file {source}: invalid YAML: {exc}") from None
+
+
+def _file_error(message: str) -> ConfigError:
+    return ConfigError([("", message)])
