@@ -60,6 +60,7 @@ __all__ = [
     "DrillCheck",
     "DrillSettings",
     "FsStorage",
+    "HaSettings",
     "PostgresSettings",
     "ReplicationCredentials",
     "Retention",
@@ -67,6 +68,7 @@ __all__ = [
     "Settings",
     "Storage",
     "SuperuserCredentials",
+    "TagSettings",
     "effective_config",
     "load_config",
     "parse_config",
@@ -161,14 +163,16 @@ class DcsSettings(_Section):
 
     hosts: HostList
     root: ZnodePath = "/pgwarden"
-    # The leader lease: a primary unconfirmed for this long loses the leader key.
-    ttl: Seconds = Field(default=10, ge=2)
+    # The leader lease: a primary unconfirmed for this long loses the leader key. Short
+    # enough that a lost host fails over in about 5 s; ZooKeeper's default tickTime of
+    # 2 s allows sessions of 4 s and more.
+    ttl: Seconds = Field(default=4, ge=2)
     # The pause between two HA loop iterations when nothing wakes the loop earlier.
     loop_wait: Seconds = Field(default=1, gt=0)
     # How long one consensus store operation is retried before the loop gives up on it.
-    retry_timeout: Seconds = Field(default=5, gt=0)
+    retry_timeout: Seconds = Field(default=2, gt=0)
     # The primary demotes (and is fenced) this long before its lease could pass on.
-    safety_margin: Seconds = Field(default=2, gt=0)
+    safety_margin: Seconds = Field(default=1, gt=0)
 
     @model_validator(mode="after")
     def _shorter_than_ttl(self) -> Self:
@@ -181,6 +185,25 @@ class DcsSettings(_Section):
         if found:
             raise problems(found)
         return self
+
+
+class HaSettings(_Section):
+    """Cluster-wide HA settings, written to the store's `config` key at bootstrap; the
+    store's values win afterwards (`pgwarden config set` changes them there)."""
+
+    synchronous_mode: Literal["off", "on", "strict"] = "off"
+    synchronous_node_count: Count = Field(default=1, ge=1)
+    # Bytes of WAL a replica may lag the last known leader position and still be promoted.
+    maximum_lag_on_failover: Count = Field(default=1024 * 1024, ge=0)
+
+
+class TagSettings(_Section):
+    """Per-member tags: `nofailover` never promotes; `nosync` is never synchronous;
+    a higher `failover_priority` wins between equally advanced candidates."""
+
+    nofailover: Flag = False
+    nosync: Flag = False
+    failover_priority: Count = Field(default=1, ge=0)
 
 
 class ApiSettings(_Section):
@@ -317,6 +340,8 @@ class Settings(_Section):
     member: Name
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     dcs: DcsSettings
+    ha: HaSettings = Field(default_factory=HaSettings)
+    tags: TagSettings = Field(default_factory=TagSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     storage: Storage
     backup: BackupSettings = Field(default_factory=BackupSettings)

@@ -55,7 +55,7 @@ def test_minimal_configuration_is_valid_and_gets_operator_defaults() -> None:
     assert settings.cluster == "main"
     assert settings.member == "node1"
     assert settings.dcs.hosts == ("zk1:2181",)
-    assert (settings.dcs.root, settings.dcs.ttl, settings.dcs.loop_wait) == ("/pgwarden", 10, 1)
+    assert (settings.dcs.root, settings.dcs.ttl, settings.dcs.loop_wait) == ("/pgwarden", 4, 1)
     assert settings.dcs.retry_timeout < settings.dcs.ttl
     assert 0 < settings.dcs.safety_margin < settings.dcs.ttl
     assert settings.postgres.port == 5432
@@ -121,7 +121,9 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_timing_must_fit_inside_the_lease() -> None:
-    lines = problems_of(with_changes(dcs={"ttl": 4, "loop_wait": 4, "safety_margin": 5}))
+    lines = problems_of(
+        with_changes(dcs={"ttl": 4, "loop_wait": 4, "retry_timeout": 5, "safety_margin": 5})
+    )
 
     assert lines == [
         "dcs.loop_wait: must be less than dcs.ttl (4 seconds), got 4 seconds",
@@ -243,10 +245,10 @@ def test_effective_config_fills_defaults_and_masks_every_secret() -> None:
     assert effective["dcs"] == {
         "hosts": ["zk1:2181"],
         "root": "/pgwarden",
-        "ttl": 10,
+        "ttl": 4,
         "loop_wait": 1,
-        "retry_timeout": 5,
-        "safety_margin": 2,
+        "retry_timeout": 2,
+        "safety_margin": 1,
     }
     assert effective["backup"]["schedule"] == "0 1 * * *"
     assert effective["drill"] == {"schedule": "0 3 * * 0", "checks": []}
@@ -376,6 +378,8 @@ def test_settings_model_matches_the_documented_sections() -> None:
         "member",
         "postgres",
         "dcs",
+        "ha",
+        "tags",
         "api",
         "storage",
         "backup",

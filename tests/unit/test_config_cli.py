@@ -195,10 +195,10 @@ def test_show_fills_in_defaults(tmp_path: Path) -> None:
     assert shown["dcs"] == {
         "hosts": ["zk1:2181", "zk2:2181"],
         "root": "/pgwarden",
-        "ttl": 10,
+        "ttl": 4,
         "loop_wait": 1,
-        "retry_timeout": 5,
-        "safety_margin": 2,
+        "retry_timeout": 2,
+        "safety_margin": 1,
     }
     assert shown["postgres"]["port"] == 5432
     assert shown["api"]["listen"] == "127.0.0.1:8008"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from pgwarden import __version__
+from pgwarden.cli.agent_cmd import agent_command
 from pgwarden.cli.config_cmd import config_group
 from pgwarden.cli.lab_cmd import lab_group
+from pgwarden.cli.list_cmd import list_command
 from pgwarden.errors import PgwardenError
 from pgwarden.logs import LEVELS, configure_logging
 
@@ -32,8 +34,10 @@ def cli(log_level: str) -> None:
     configure_logging(log_level)
 
 
+cli.add_command(agent_command)
 cli.add_command(config_group)
 cli.add_command(lab_group)
+cli.add_command(list_command)
 
 
 def main() -> None:

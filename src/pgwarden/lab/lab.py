@@ -8,10 +8,12 @@ that created it died.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import stat
 import tempfile
 import threading
@@ -23,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from pgwarden.lab import faults, s3, zookeeper
+from pgwarden.lab import agents, faults, s3, zookeeper
 from pgwarden.lab import postgres as pg
 from pgwarden.lab.procs import (
     LabError,
@@ -31,7 +33,9 @@ from pgwarden.lab.procs import (
     Registry,
     is_running,
     os_user_ids,
+    start_ticks,
     stop,
+    tagged_processes,
 )
 from pgwarden.logs import get_logger
 
@@ -48,12 +52,17 @@ class LabSpec:
     postgres_nodes: int = 3
     # Extra postgresql.conf lines for every member, values quoted as in the file.
     postgres_settings: tuple[tuple[str, str], ...] = ()
+    # Run a pgwarden agent per member; the agents bootstrap and clone the cluster.
+    agents: bool = False
+    synchronous_mode: str = "off"
 
     def validate(self) -> None:
         if self.zookeeper_nodes not in (0, 1, 3):
             raise LabError(f"--zk-nodes must be 0, 1 or 3, got {self.zookeeper_nodes}")
         if not 0 <= self.postgres_nodes <= 9:
             raise LabError(f"--nodes must be between 0 and 9, got {self.postgres_nodes}")
+        if self.agents and not (self.zookeeper_nodes and self.postgres_nodes):
+            raise LabError("agents need ZooKeeper and at least one member")
 
 
 class Lab:
@@ -83,6 +92,8 @@ class Lab:
             else [],
             "s3": asdict(s3.plan()) if spec.s3 else None,
             "postgres": None,
+            "agents": spec.agents,
+            "synchronous_mode": spec.synchronous_mode,
         }
         if spec.postgres_nodes:
             members = pg.plan_members(root / "pg", spec.postgres_nodes)
@@ -94,6 +105,8 @@ class Lab:
                 "superuser_password": secrets.token_urlsafe(18),
                 "replication_password": secrets.token_urlsafe(18),
             }
+        if spec.agents:
+            agents.plan_api_ports(state["postgres"]["members"])
         lab = cls(root, state)
         lab._save()
         started = time.monotonic()
@@ -136,10 +149,12 @@ class Lab:
             zookeeper.start(zk_dir, self.registry, self.zookeeper_nodes)
         if self.s3 is not None:
             s3.start(s3_dir, self.registry, self.s3)
-        if self.state["postgres"]:
+        if self.state["postgres"] and not self.state.get("agents"):
             self._start_postgres()
         if self.zookeeper_nodes:
             zookeeper.wait_ready(self.registry, self.zookeeper_nodes)
+        if self.state.get("agents"):
+            self._start_agents()
         if self.s3 is not None:
             s3.wait_ready(self.registry, self.s3)
 
@@ -188,6 +203,80 @@ class Lab:
         if replicas:
             pg.wait_streaming(primary, [m.name for m in replicas], creds)
 
+    def _start_agents(self) -> None:
+        pg_state = self.state["postgres"]
+        pg_dir = self.directory / "pg"
+        pg_dir.mkdir(mode=0o755, exist_ok=True)
+        storage = self.directory / "storage"
+        storage.mkdir(mode=0o700, exist_ok=True)
+        configs = {
+            m["name"]: agents.agent_config(
+                cluster="lab",
+                member=m,
+                zookeeper_hosts=[n.address for n in self.zookeeper_nodes],
+                bin_dir=pg_state["bin_dir"],
+                os_user=self.os_user,
+                superuser_password=pg_state["superuser_password"],
+                replication_password=pg_state["replication_password"],
+                storage_dir=storage,
+                synchronous_mode=str(self.state.get("synchronous_mode", "off")),
+                settings=pg_state.get("settings", {}),
+            )
+            for m in pg_state["members"]
+        }
+        agents.write_configs(self.directory, configs)
+        for name in configs:
+            agents.start_agent(self.directory, self.registry, self.lab_id, name)
+        agents.wait_formed(self.registry, pg_state["members"])
+
+    def agent_url(self, name: str) -> str:
+        """Base URL of member `name`'s agent API."""
+        for m in self.state["postgres"]["members"]:
+            if m["name"] == name:
+                return f"http://{m['host']}:{m['api_port']}"
+        raise LabError(f"no member named {name!r} in this lab")
+
+    def agent_config_path(self, name: str) -> Path:
+        return self.directory / "agents" / f"{name}.yml"
+
+    def primary(self) -> str | None:
+        """The member whose agent answers 200 on /primary now, if exactly one does."""
+        found = [
+            m.name
+            for m in self.members
+            if agents.api_get(f"{self.agent_url(m.name)}/primary")[0] == 200
+        ]
+        return found[0] if len(found) == 1 else None
+
+    def postmaster_pid(self, name: str) -> int | None:
+        """The PID in member `name`'s postmaster.pid, if that process runs."""
+        pidfile = self.member(name).data_dir / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+        return pid if start_ticks(pid) is not None else None
+
+    def _sweep(self) -> list[str]:
+        """Kill what agents started that outlived them (tagged environment, postmaster.pid)."""
+        leftovers = set(tagged_processes(agents.LAB_ID_ENV, self.lab_id))
+        for m in self.members:
+            pid = self.postmaster_pid(m.name)
+            if pid is not None and str(m.data_dir) in _cmdline(pid):
+                leftovers.add(pid)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(
+                    pid, signal.SIGKILL
+                )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            alive = [p for p in leftovers if start_ticks(p) is not None]
+            if not alive:
+                return []
+            time.sleep(0.02)
+        return [f"processes {alive} survived SIGKILL"]
+
     def down(self, *, remove_files: bool = True) -> None:
         """Stop every process and remove every network cut; then delete the directory."""
         problems = []
@@ -205,6 +294,8 @@ class Lab:
                 self.registry.remove(record.name)
             except LabError as exc:
                 problems.append(str(exc))
+        if self.state.get("agents"):
+            problems += self._sweep()
         if problems:
             raise LabError("lab down left something behind: " + "; ".join(problems))
         if remove_files:
@@ -346,7 +437,16 @@ def scratch_directory(tag: str) -> Path:
     return path
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def _stop_order(name: str) -> tuple[int, str]:
+    if name.startswith("agent-"):
+        return (-1, name)
     if name.startswith("postgres-"):
         return (0, name)
     if name == s3.PROCESS_NAME:

@@ -76,6 +76,22 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def tagged_processes(name: str, value: str) -> list[int]:
+    """PIDs of live processes whose environment has `name=value` (readable ones only)."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and start_ticks(int(entry.name)) is not None:
+            found.append(int(entry.name))
+    return found
+
+
 class Registry:
     """The processes of one lab directory, one JSON file per process."""
 

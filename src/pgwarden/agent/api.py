@@ -1,0 +1,124 @@
+"""The agent's HTTP API: health endpoints for load balancers and peers.
+
+Status codes follow what load balancers already use with Patroni: 200 when the member
+is what the path asks for, 503 otherwise, with a JSON body either way.
+
+- GET /primary, /leader, /read-write: this member holds the lease and runs as primary
+- GET /replica[?lag=BYTES]: a running replica (within BYTES of the leader's position)
+- GET /read-only: a running primary or replica
+- GET /health: PostgreSQL runs
+- GET /liveness: the HA loop ticked recently
+- GET /readiness: the primary holding the lease, or a replica that replays
+- GET /status: this member, observed now (peers use it to compare WAL positions)
+- GET /cluster, /history: the last store snapshot
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from pgwarden.logs import get_logger
+
+log = get_logger("api")
+
+Status = dict[str, Any]
+
+
+class ApiServer:
+    """Serves the endpoints from `status()` (cached tick data) and `live_status()`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        status: Callable[[], Status],
+        live_status: Callable[[], Status],
+        cluster: Callable[[], Status],
+    ) -> None:
+        self._status = status
+        self._live = live_status
+        self._cluster = cluster
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                api.handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="api", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        url = urlsplit(request.path)
+        query = parse_qs(url.query)
+        path = url.path.rstrip("/") or "/"
+        try:
+            code, body = self.route(path, query)
+        except Exception as exc:
+            log.exception("api.error", path=path)
+            code, body = 503, {"error": str(exc)}
+        payload = json.dumps(body, default=str).encode()
+        request.send_response(code)
+        request.send_header("Content-Type", "application/json")
+        request.send_header("Content-Length", str(len(payload)))
+        request.end_headers()
+        request.wfile.write(payload)
+
+    def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        if path == "/status":
+            return 200, self._live()
+        if path in ("/cluster", "/history"):
+            data = self._cluster()
+            return 200, data if path == "/cluster" else data.get("history", [])
+        status = self._status()
+        running = status.get("state") == "running"
+        role = status.get("role")
+        leads = bool(status.get("holds_lease")) and role == "primary"
+        checks: dict[str, bool] = {
+            "/primary": leads,
+            "/leader": leads,
+            "/read-write": leads,
+            "/master": leads,
+            "/replica": running and role == "replica" and _lag_ok(status, query),
+            "/read-only": running and role in ("primary", "replica"),
+            "/health": running,
+            "/liveness": time.monotonic() - float(status.get("ticked_at", 0))
+            < 3 * float(status.get("loop_wait", 1)) + 5,
+            "/readiness": leads or (running and role == "replica"),
+            "/": leads,
+        }
+        if path not in checks:
+            return 404, {"error": f"no endpoint {path}"}
+        return (200 if checks[path] else 503), status
+
+
+def _lag_ok(status: Status, query: dict[str, list[str]]) -> bool:
+    limit = query.get("lag")
+    if not limit:
+        return True
+    try:
+        max_lag = int(limit[0])
+    except ValueError:
+        return False
+    lag = status.get("lag_bytes")
+    return lag is not None and int(lag) <= max_lag

@@ -1,0 +1,257 @@
+"""Performs the actions of a decision, in order, stopping at the first that fails.
+
+Each action is logged as one structured event carrying the decision's reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql as pgsql
+
+from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.agent.postmaster import Postmaster
+from pgwarden.dcs.base import ConsensusStore, StoreError
+from pgwarden.errors import PgwardenError
+from pgwarden.ha import actions as act
+from pgwarden.ha.actions import Decision
+from pgwarden.ha.fence import FenceClient
+from pgwarden.ha.view import STAR
+from pgwarden.logs import get_logger
+from pgwarden.model import ClusterState, DynamicConfig, HistoryEntry, Lsn
+from pgwarden.postgres import sql
+from pgwarden.postgres.conf import Endpoint, sync_standby_names
+from pgwarden.postgres.instance import Instance, RewindError
+
+log = get_logger("executor")
+
+START_TIMEOUT = 60.0
+
+
+class ActionError(PgwardenError):
+    """An action could not be performed; the rest of the decision is skipped."""
+
+
+@dataclass
+class LocalMemory:
+    """What the agent remembers about its own configuration between ticks."""
+
+    configured_leader: str | None = None
+    rejoin_failed: bool = False
+    sync_standby_names: frozenset[str] = field(default_factory=frozenset)
+    system_identifier: str | None = None
+
+
+class Executor:
+    def __init__(
+        self,
+        me: str,
+        instance: Instance,
+        postmaster: Postmaster,
+        store: ConsensusStore,
+        keeper: LeaseKeeper,
+        fence: FenceClient,
+        memory: LocalMemory,
+        initial_config: Callable[[], DynamicConfig],
+    ) -> None:
+        self.me = me
+        self.instance = instance
+        self.postmaster = postmaster
+        self.store = store
+        self.keeper = keeper
+        self.fence = fence
+        self.memory = memory
+        self._initial_config = initial_config
+
+    def run(self, decision: Decision, cluster: ClusterState) -> bool:
+        """Perform every action; False if one failed (the rest are skipped)."""
+        for action in decision.actions:
+            name = type(action).__name__
+            started = time.monotonic()
+            try:
+                ok = self._perform(action, cluster)
+            except (PgwardenError, psycopg.Error, OSError) as exc:
+                log.error("action.failed", action=name, error=str(exc), reason=decision.reason)
+                return False
+            elapsed = round(time.monotonic() - started, 3)
+            if not ok:
+                log.info("action.skipped", action=name, reason=decision.reason, seconds=elapsed)
+                return False
+            if not isinstance(action, act.UpdateOptime | act.EnsureSlots):
+                log.info(f"ha.{_event_name(name)}", reason=decision.reason, seconds=elapsed)
+        return True
+
+    # ----------------------------------------------------------------- helpers
+    def _endpoint(self, cluster: ClusterState, name: str) -> Endpoint:
+        info = cluster.members.get(name)
+        if info is None:
+            raise ActionError(f"{name} is not a registered member")
+        return Endpoint(name, info.host, info.port)
+
+    def _configure(self, cluster: ClusterState, leader: str | None) -> None:
+        endpoint = self._endpoint(cluster, leader) if leader is not None else None
+        names = self.memory.sync_standby_names if leader is None else frozenset()
+        self.instance.configure(leader=endpoint, synchronous_standby_names=_render_ssn(names))
+        self.memory.configured_leader = leader
+        if leader is not None:
+            self.memory.sync_standby_names = frozenset()
+
+    def _start(self) -> None:
+        self.postmaster.start()
+        self.instance.wait_ready(START_TIMEOUT)
+        self.postmaster.mark_ready()
+
+    # ----------------------------------------------------------------- actions
+    def _perform(self, action: act.Action, cluster: ClusterState) -> bool:  # noqa: PLR0912, PLR0915
+        match action:
+            case act.AcquireLease():
+                won = self.store.acquire_leader(self.me)
+                self.keeper.confirm()
+                return won
+            case act.ReleaseLease():
+                if self.postmaster.state.value in ("running", "starting"):
+                    self.postmaster.stop("fast")
+                self.store.release_leader(self.me)
+                self.keeper.confirm()
+            case act.Bootstrap():
+                self._bootstrap()
+            case act.RecordInitialize():
+                sysid = self.instance.system_identifier()
+                if sysid is None:
+                    raise ActionError("no local system identifier to record")
+                self.store.initialize(sysid)
+            case act.Clone(source=source):
+                endpoint = self._endpoint(cluster, source)
+                if self.postmaster.pid is not None:
+                    self.postmaster.stop("fast")
+                self.instance.clone(endpoint)
+                self.memory.rejoin_failed = False
+                self.memory.system_identifier = self.instance.system_identifier()
+                self._configure(cluster, source)
+                self._start()
+            case act.Rewind(source=source):
+                self._rewind(cluster, source)
+            case act.Promote():
+                self._promote(cluster)
+            case act.Fence():
+                self.postmaster.kill()
+                self.fence.disarm()
+                self._event("fence", {"member": self.me})
+            case act.StartPostgres():
+                self._configure(cluster, self.memory.configured_leader)
+                self._start()
+            case act.StopPostgres(mode=mode):
+                self.postmaster.stop(mode)
+            case act.Follow(leader=leader):
+                self._configure(cluster, leader)
+                if self.postmaster.pid is None:
+                    self._start()
+                else:
+                    sql.reload(self.instance.spec)
+            case act.UpdateOptime(lsn=lsn):
+                if cluster.optime != lsn:
+                    self.store.set_optime(lsn)
+            case act.EnsureSlots(members=members):
+                sql.ensure_slots(self.instance.spec, members)
+            case act.SetSyncStandbys(names=names):
+                self.memory.sync_standby_names = names
+                self._configure(cluster, None)
+                sql.reload(self.instance.spec)
+            case act.SetSyncKey(members=members, version=version):
+                return self.store.set_sync(self.me, members, version)
+        return True
+
+    def _bootstrap(self) -> None:
+        if not self.instance.is_initialized():
+            self.instance.initdb()
+        self.memory.sync_standby_names = frozenset()
+        self.instance.configure(leader=None)
+        self.memory.configured_leader = None
+        self._start()
+        self._create_replication_role()
+        sysid = self.instance.system_identifier()
+        if sysid is None:
+            raise ActionError("initdb left no system identifier")
+        self.memory.system_identifier = sysid
+        self.store.initialize(sysid)
+        self.store.set_config(self._initial_config(), -1)
+        self._event("bootstrap", {"member": self.me, "system_identifier": sysid})
+
+    def _create_replication_role(self) -> None:
+        spec = self.instance.spec
+        with sql.connect(spec) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (spec.replication_user,)
+            ).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(
+                pgsql.SQL(verb + " ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
+                    pgsql.Identifier(spec.replication_user),
+                    pgsql.Literal(spec.replication_password),
+                )
+            )
+
+    def _rewind(self, cluster: ClusterState, source: str) -> None:
+        endpoint = self._endpoint(cluster, source)
+        if self.postmaster.pid is not None:
+            self.postmaster.stop("fast")
+        # The new timeline reaches pg_control only at a checkpoint after promotion;
+        # without it pg_rewind sees no divergence and the old primary breaks as a standby.
+        sql.checkpoint(endpoint, self.instance.spec)
+        try:
+            self.instance.rewind(endpoint)
+        except RewindError:
+            self.memory.rejoin_failed = True
+            raise
+        self._configure(cluster, source)
+        self._start()
+
+    def _promote(self, cluster: ClusterState) -> None:
+        before = sql.observe(self.instance.spec)
+        old = self.memory.configured_leader
+        self.instance.promote()
+        self.memory.configured_leader = None
+        self.memory.sync_standby_names = frozenset()
+        self._configure(cluster, None)
+        after = sql.observe(self.instance.spec)
+        lsn = (before.received_lsn or before.replayed_lsn) if before else None
+        if after is not None:
+            entry = HistoryEntry(
+                timeline=after.timeline,
+                lsn=lsn or Lsn(0),
+                time=time.time(),
+                reason="failover",
+                old_leader=old,
+                new_leader=self.me,
+            )
+            try:
+                self.store.append_history(entry)
+            except StoreError as exc:
+                log.warning("history.not_recorded", error=str(exc))
+        if cluster.failover is not None:
+            self.store.clear_failover(cluster.failover.version)
+        self._event("failover", {"new_leader": self.me, "old_leader": old})
+
+    def _event(self, kind: str, data: dict[str, object]) -> None:
+        try:
+            self.store.add_event(kind, data)
+        except StoreError as exc:
+            log.warning("event.not_recorded", kind=kind, error=str(exc))
+
+
+def _render_ssn(names: frozenset[str]) -> str:
+    if names == frozenset({STAR}):
+        return "*"
+    return sync_standby_names(sorted(names))
+
+
+def _event_name(class_name: str) -> str:
+    out = []
+    for i, ch in enumerate(class_name):
+        if ch.isupper() and i:
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)

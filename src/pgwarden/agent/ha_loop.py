@@ -1,0 +1,208 @@
+"""The HA loop: observe -> decide -> act, every loop_wait or at once on an event.
+
+One tick reads the store once, observes the local PostgreSQL once, asks peers for their
+WAL positions only when there is no leader, calls the pure `decide`, performs the
+decision, and publishes this member's state with the decision's sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from pgwarden import __version__
+from pgwarden.agent.executor import Executor, LocalMemory
+from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.agent.postmaster import Postmaster
+from pgwarden.dcs.base import ConsensusStore, StoreError
+from pgwarden.ha.decide import decide
+from pgwarden.ha.view import ClusterView, LocalState, Standby
+from pgwarden.logs import get_logger
+from pgwarden.model import ClusterState, Lsn, MemberInfo, PgState, Role, Tags
+from pgwarden.postgres import sql
+from pgwarden.postgres.instance import Instance
+
+log = get_logger("ha")
+
+PEER_TIMEOUT = 0.5
+
+
+@dataclass(frozen=True)
+class TickResult:
+    view: ClusterView
+    reason: str
+    acted: bool
+
+
+class HaLoop:
+    def __init__(
+        self,
+        me: str,
+        api_url: str,
+        tags: Tags,
+        instance: Instance,
+        postmaster: Postmaster,
+        store: ConsensusStore,
+        keeper: LeaseKeeper,
+        executor: Executor,
+        memory: LocalMemory,
+    ) -> None:
+        self.me = me
+        self.api_url = api_url
+        self.tags = tags
+        self.instance = instance
+        self.postmaster = postmaster
+        self.store = store
+        self.keeper = keeper
+        self.executor = executor
+        self.memory = memory
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.cluster = ClusterState()
+        self.last: TickResult | None = None
+        self._last_reason = ""
+
+    # ----------------------------------------------------------------- observe
+    def observe(self) -> LocalState:
+        self.postmaster.refresh()
+        initialized = self.instance.is_initialized()
+        if initialized and self.memory.system_identifier is None:
+            self.memory.system_identifier = self.instance.system_identifier()
+        state = self.postmaster.state
+        local = LocalState(
+            pg=state,
+            initialized=initialized,
+            system_identifier=self.memory.system_identifier,
+            configured_leader=self.memory.configured_leader,
+            crash_count=self.postmaster.crash_count,
+            rejoin_failed=self.memory.rejoin_failed,
+            sync_standby_names=self.memory.sync_standby_names,
+            tags=self.tags,
+        )
+        if state not in (PgState.RUNNING, PgState.STARTING):
+            return local
+        seen = sql.observe(self.instance.spec, timeout=1.0)
+        if seen is None:
+            return local
+        if state is PgState.STARTING:
+            self.postmaster.mark_ready()
+        position = (
+            seen.current_lsn if not seen.in_recovery else _max(seen.received_lsn, seen.replayed_lsn)
+        )
+        standbys: tuple[Standby, ...] = ()
+        if not seen.in_recovery:
+            standbys = tuple(
+                Standby(r.name, r.state, r.sync_state, r.flush_lsn)
+                for r in sql.replicas(self.instance.spec)
+            )
+        return replace(
+            local,
+            pg=self.postmaster.state,
+            in_recovery=seen.in_recovery,
+            timeline=seen.timeline,
+            wal_position=position,
+            standbys=standbys,
+        )
+
+    def peer_positions(self, cluster: ClusterState) -> dict[str, Lsn | None]:
+        """Fresh WAL positions of the other members, asked of their APIs in parallel."""
+        peers = {n: m.api_url for n, m in cluster.members.items() if n != self.me and m.api_url}
+        if not peers:
+            return {}
+        with ThreadPoolExecutor(max_workers=len(peers)) as pool:
+            futures = {name: pool.submit(_ask_position, url) for name, url in peers.items()}
+            return {name: f.result() for name, f in futures.items()}
+
+    # ----------------------------------------------------------------- tick
+    def tick(self) -> TickResult:
+        local = self.observe()
+        try:
+            self.cluster = self.store.read()
+        except StoreError as exc:
+            log.warning("store.unreadable", error=str(exc))
+        lease = self.keeper.snapshot()
+        cluster = self.cluster
+        peers = {}
+        if cluster.leader is None and local.running and local.in_recovery:
+            peers = self.peer_positions(cluster)
+        view = ClusterView(self.me, cluster, local, lease, peers)
+        decision = decide(view, time.monotonic())
+        if decision.actions or decision.reason != self._last_reason:
+            log.info(
+                "ha.decision",
+                reason=decision.reason,
+                actions=[type(a).__name__ for a in decision.actions],
+            )
+        self._last_reason = decision.reason
+        acted = bool(decision.actions)
+        if acted:
+            self.executor.run(decision, cluster)
+        self.publish(decision.reason)
+        self.last = TickResult(view, decision.reason, acted)
+        return self.last
+
+    def publish(self, reason: str) -> None:
+        local = self.observe() if self.last is None or self.last.acted else self.last.view.local
+        if local.in_recovery is None:
+            role = Role.UNKNOWN
+        else:
+            role = Role.REPLICA if local.in_recovery else Role.PRIMARY
+        info = MemberInfo(
+            name=self.me,
+            role=role,
+            state=local.pg,
+            timeline=local.timeline,
+            received_lsn=local.wal_position,
+            replayed_lsn=None,
+            api_url=self.api_url,
+            host=self.instance.spec.host,
+            port=self.instance.spec.port,
+            tags=self.tags,
+            version=__version__,
+            system_identifier=local.system_identifier,
+            decision=reason,
+        )
+        try:
+            self.store.publish_member(info)
+        except StoreError as exc:
+            log.warning("member.not_published", error=str(exc))
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                result = self.tick()
+            except Exception as exc:
+                log.exception("ha.tick_failed", error=str(exc))
+                result = None
+            config = self.cluster.config
+            wait = config.loop_wait
+            if result is not None:
+                deadline = result.view.lease.deadline(config.ttl, config.safety_margin)
+                if deadline is not None and result.view.local.is_primary:
+                    wait = min(wait, max(0.05, deadline - time.monotonic()))
+            remaining = wait - (time.monotonic() - started)
+            if remaining > 0:
+                self.wake.wait(remaining)
+            self.wake.clear()
+
+
+def _max(a: Lsn | None, b: Lsn | None) -> Lsn | None:
+    values = [v for v in (a, b) if v is not None]
+    return max(values) if values else None
+
+
+def _ask_position(url: str) -> Lsn | None:
+    try:
+        with urllib.request.urlopen(f"{url}/status", timeout=PEER_TIMEOUT) as response:  # noqa: S310
+            data = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    if data.get("state") != "running" or data.get("wal_position") is None:
+        return None
+    return Lsn.parse(str(data["wal_position"]))

@@ -1,0 +1,260 @@
+"""`pgwarden agent -c FILE`: wiring of the store, PostgreSQL, fence, API and HA loop."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import pwd
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pgwarden.agent.api import ApiServer
+from pgwarden.agent.executor import Executor, LocalMemory
+from pgwarden.agent.ha_loop import HaLoop
+from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.agent.postmaster import Postmaster
+from pgwarden.config import Settings, read_password
+from pgwarden.config_types import split_host_port
+from pgwarden.dcs.zookeeper import ZooKeeperStore
+from pgwarden.errors import PgwardenError
+from pgwarden.ha.fence import FenceClient
+from pgwarden.logs import bind_identity, get_logger
+from pgwarden.model import DynamicConfig, PgState, SyncMode, Tags
+from pgwarden.postgres import sql
+from pgwarden.postgres.conf import InstanceSpec
+from pgwarden.postgres.instance import Instance
+
+log = get_logger("agent")
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Reap orphans of our children (backends of a killed postmaster) at once, as systemd
+    would; PID 1 on some machines reaps them only every second or so."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.warning("agent.no_subreaper")
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def instance_spec(settings: Settings) -> InstanceSpec:
+    pg = settings.postgres
+    os_user: str | None = pg.os_user
+    if os_user is not None and pwd.getpwuid(os.geteuid()).pw_name == os_user:
+        os_user = None
+    bin_dir = pg.bin_dir
+    if bin_dir is None:
+        from pgwarden.lab.postgres import find_bin_dir  # noqa: PLC0415
+
+        bin_dir = find_bin_dir()
+    return InstanceSpec(
+        name=settings.member,
+        bin_dir=Path(bin_dir),
+        data_dir=Path(pg.data_dir),
+        host=pg.listen_address,
+        port=pg.port,
+        os_user=os_user,
+        superuser=pg.superuser.username,
+        superuser_password=read_password(pg.superuser) or "",
+        replication_user=pg.replication.username,
+        replication_password=read_password(pg.replication) or "",
+        parameters={k: _render(v) for k, v in pg.parameters.items()},
+    )
+
+
+def initial_dynamic_config(settings: Settings) -> DynamicConfig:
+    return DynamicConfig(
+        ttl=float(settings.dcs.ttl),
+        loop_wait=float(settings.dcs.loop_wait),
+        safety_margin=float(settings.dcs.safety_margin),
+        maximum_lag_on_failover=settings.ha.maximum_lag_on_failover,
+        synchronous_mode=SyncMode(settings.ha.synchronous_mode),
+        synchronous_node_count=settings.ha.synchronous_node_count,
+    )
+
+
+def _source_address(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+class Agent:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.me = settings.member
+        bind_identity(settings.cluster, settings.member)
+        spec = instance_spec(settings)
+        self.instance = Instance(spec, spec.data_dir.with_name(spec.data_dir.name + ".log"))
+        api_host, api_port = split_host_port(settings.api.listen) or ("127.0.0.1", 8008)
+        self.api_url = f"http://{api_host}:{api_port}"
+        self.store = ZooKeeperStore(
+            ",".join(settings.dcs.hosts),
+            settings.cluster,
+            root=settings.dcs.root,
+            session_timeout=float(settings.dcs.ttl),
+            source_address=_source_address(spec.host),
+        )
+        self.memory = LocalMemory()
+        self.postmaster = Postmaster(self.instance, self._wake)
+        self.fence = FenceClient()
+        self.keeper = LeaseKeeper(
+            self.store,
+            self.fence,
+            ttl=lambda: self.loop.cluster.config.ttl,
+            safety_margin=lambda: self.loop.cluster.config.safety_margin,
+            writable_pid=self._writable_pid,
+            on_change=self._wake,
+        )
+        self.executor = Executor(
+            self.me,
+            self.instance,
+            self.postmaster,
+            self.store,
+            self.keeper,
+            self.fence,
+            self.memory,
+            lambda: initial_dynamic_config(settings),
+        )
+        tags = Tags(settings.tags.nofailover, settings.tags.nosync, settings.tags.failover_priority)
+        self.loop = HaLoop(
+            self.me,
+            self.api_url,
+            tags,
+            self.instance,
+            self.postmaster,
+            self.store,
+            self.keeper,
+            self.executor,
+            self.memory,
+        )
+        self.api = ApiServer(api_host, api_port, self.status, self.live_status, self.cluster)
+
+    # ----------------------------------------------------------------- callbacks
+    def _wake(self) -> None:
+        self.loop.wake.set()
+
+    def _writable_pid(self) -> int | None:
+        """The postmaster's PID while it may take writes, else None."""
+        if self.memory.configured_leader is not None:
+            return None
+        if self.postmaster.state not in (PgState.RUNNING, PgState.STARTING):
+            return None
+        return self.postmaster.pid
+
+    def status(self) -> dict[str, Any]:
+        last = self.loop.last
+        if last is None:
+            return {"name": self.me, "state": "starting", "ticked_at": 0}
+        local, cluster, lease = last.view.local, last.view.cluster, last.view.lease
+        role = (
+            "unknown"
+            if local.in_recovery is None
+            else ("replica" if local.in_recovery else "primary")
+        )
+        lag = None
+        if cluster.optime is not None and local.wal_position is not None:
+            lag = max(0, cluster.optime - local.wal_position)
+        return {
+            "name": self.me,
+            "state": local.pg.value,
+            "role": role,
+            "timeline": local.timeline,
+            "wal_position": str(local.wal_position) if local.wal_position else None,
+            "lag_bytes": 0 if role == "primary" else lag,
+            "leader": cluster.leader.name if cluster.leader else None,
+            "holds_lease": lease.holds,
+            "paused": cluster.config.paused,
+            "decision": last.reason,
+            "ticked_at": time.monotonic(),
+            "loop_wait": cluster.config.loop_wait,
+        }
+
+    def live_status(self) -> dict[str, Any]:
+        """Observed now, not at the last tick: peers compare WAL positions with it."""
+        state = self.postmaster.state
+        seen = sql.observe(self.instance.spec, timeout=0.5) if state is PgState.RUNNING else None
+        position = None
+        if seen is not None:
+            if seen.in_recovery:
+                values = [v for v in (seen.received_lsn, seen.replayed_lsn) if v is not None]
+                position = max(values) if values else None
+            else:
+                position = seen.current_lsn
+        return {
+            "name": self.me,
+            "state": state.value if seen is not None else "not answering",
+            "in_recovery": seen.in_recovery if seen else None,
+            "timeline": seen.timeline if seen else None,
+            "wal_position": str(position) if position is not None else None,
+        }
+
+    def cluster(self) -> dict[str, Any]:
+        cluster = self.loop.cluster
+        return {
+            "leader": cluster.leader.name if cluster.leader else None,
+            "members": {n: m.to_json() for n, m in cluster.members.items()},
+            "config": cluster.config.to_json(),
+            "sync": {"leader": cluster.sync.leader, "members": sorted(cluster.sync.members)},
+            "optime": str(cluster.optime) if cluster.optime is not None else None,
+            "history": [h.to_json() for h in cluster.history],
+        }
+
+    # ----------------------------------------------------------------- lifecycle
+    def run(self) -> int:
+        become_subreaper()
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("agent.stopping", signal=signal.Signals(signum).name)
+            stop.set()
+            self.loop.stopping.set()
+            self.loop.wake.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.store.start(timeout=float(self.settings.dcs.retry_timeout) + 5)
+        self.store.watch(self._wake)
+        self.postmaster.adopt()
+        self.keeper.start()
+        self.api.start()
+        log.info("agent.started", api=self.api_url, fence_pid=self.fence.pid)
+        try:
+            self.loop.run()
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        """Never leave an unfenced primary: stop PostgreSQL, then hand the lease over."""
+        holds = self.keeper.snapshot().holds
+        try:
+            if self.postmaster.pid is not None:
+                self.postmaster.stop("fast")
+        except PgwardenError as exc:
+            log.error("agent.stop_failed", error=str(exc))
+            self.postmaster.kill()
+        self.keeper.stop()
+        if holds:
+            try:
+                self.store.release_leader(self.me)
+            except PgwardenError as exc:
+                log.warning("lease.not_released", error=str(exc))
+        self.fence.close()
+        self.store.stop()
+        self.api.stop()
+        log.info("agent.stopped")

@@ -1,0 +1,1 @@
+"""High availability: the pure decision engine, its inputs, fencing arithmetic."""

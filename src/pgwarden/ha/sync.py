@@ -1,0 +1,84 @@
+"""PURE. Synchronous standby management on the leader.
+
+Invariant: every member listed in the `sync` key holds every commit the primary has
+acknowledged, so promoting any of them loses nothing. The leader moves
+`synchronous_standby_names` (ssn) and the key in an order that keeps it true:
+
+- adding standbys D to key K: first require K and D together in ssn; once every member of
+  D is synchronous and has flushed past the WAL position observed this tick, write the key
+  as D; then drop K's leavers from ssn.
+- removing only: write the key first (ssn still requires the larger set), then ssn.
+- no candidate: mode `on` empties the key first (nobody may promote), then ssn, and
+  replication degrades to asynchronous; mode `strict` never degrades: writes wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pgwarden.ha.actions import Action, SetSyncKey, SetSyncStandbys
+from pgwarden.ha.view import STAR, ClusterView, LocalState
+from pgwarden.model import MemberInfo, SyncMode
+
+
+def desired_standbys(
+    local: LocalState, members: Mapping[str, MemberInfo], count: int
+) -> frozenset[str]:
+    """The `count` most advanced streaming standbys that may be synchronous."""
+    candidates = [
+        s
+        for s in local.standbys
+        if s.state == "streaming" and s.name in members and not members[s.name].tags.nosync
+    ]
+    candidates.sort(key=lambda s: (-(s.flush_lsn or 0), s.name))
+    return frozenset(s.name for s in candidates[: max(count, 0)])
+
+
+def plan_sync(view: ClusterView) -> tuple[list[Action], str]:
+    """The next step towards the desired synchronous standbys, and a phrase saying why."""
+    cluster, local = view.cluster, view.local
+    mode = cluster.config.synchronous_mode
+    sync = cluster.sync
+    current = local.sync_standby_names
+    if mode is SyncMode.OFF:
+        if current:
+            return [SetSyncStandbys(frozenset())], "synchronous mode is off"
+        if sync.version != -1 and (sync.members or sync.leader != view.me):
+            return [SetSyncKey(frozenset(), sync.version)], "synchronous mode is off"
+        return [], ""
+    if sync.leader != view.me:
+        # A key written by a previous leader: claim it with nobody promotable first.
+        return [SetSyncKey(frozenset(), sync.version)], "claiming the sync key"
+    key = sync.members
+    wanted = desired_standbys(local, cluster.members, cluster.config.synchronous_node_count)
+    if not wanted:
+        if mode is SyncMode.STRICT:
+            if not current:
+                return [SetSyncStandbys(frozenset({STAR}))], "strict mode requires a standby"
+            return [], "strict mode: no synchronous standby available, writes wait"
+        if key:
+            return [SetSyncKey(frozenset(), sync.version)], "no synchronous standby candidate"
+        if current:
+            return [SetSyncStandbys(frozenset())], "degrading to asynchronous replication"
+        return [], "no synchronous standby available"
+    if wanted <= key:
+        if key != wanted:
+            return [SetSyncKey(wanted, sync.version)], "dropping standbys from the sync key"
+        if current != wanted:
+            return [SetSyncStandbys(wanted)], "requiring only the synchronous standbys"
+        return [], ""
+    union = key | wanted
+    if current not in (union, wanted):
+        return [SetSyncStandbys(union)], "requiring new synchronous standbys before listing them"
+    by_name = {s.name: s for s in local.standbys}
+    position = local.wal_position
+    caught_up = all(
+        name in by_name
+        and by_name[name].sync_state in ("sync", "quorum")
+        and position is not None
+        and (by_name[name].flush_lsn or 0) >= position
+        for name in wanted
+    )
+    if caught_up:
+        return [SetSyncKey(wanted, sync.version)], "new synchronous standbys caught up"
+    return [], "waiting for new synchronous standbys to catch up"

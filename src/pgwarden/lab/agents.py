@@ -1,0 +1,144 @@
+"""Lab members run by pgwarden agents, which bootstrap and clone the cluster themselves.
+
+Each agent gets a configuration file under `DIR/agents/`, listens for its API on its
+member's address, binds its ZooKeeper connections to that address (so iptables can cut
+it off by address), and runs its PostgreSQL as the postgres OS user when the lab runs
+as root. Every process of the lab carries `LAB_PGWARDEN_ID` in its environment, so
+`lab down` can find what agents started even after an agent was SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pgwarden.lab.net import free_port
+from pgwarden.lab.procs import LabError, Registry, is_running, log_tail, spawn
+from pgwarden.retry import DeadlineExceededError, poll_until
+
+# Not PGWARDEN_*: the PostgreSQL launcher drops PG* variables from its environment.
+LAB_ID_ENV = "LAB_PGWARDEN_ID"
+
+
+def agent_config(
+    *,
+    cluster: str,
+    member: dict[str, Any],
+    zookeeper_hosts: list[str],
+    bin_dir: str,
+    os_user: str | None,
+    superuser_password: str,
+    replication_password: str,
+    storage_dir: Path,
+    synchronous_mode: str,
+    settings: dict[str, str],
+) -> dict[str, Any]:
+    """The YAML configuration of one lab agent, as a mapping."""
+    postgres: dict[str, Any] = {
+        "bin_dir": bin_dir,
+        "data_dir": member["data_dir"],
+        "listen_address": member["host"],
+        "port": member["port"],
+        "superuser": {"username": "postgres", "password": superuser_password},
+        "replication": {"username": "replicator", "password": replication_password},
+        "parameters": {"shared_buffers": "32MB", "max_connections": 50, **settings},
+    }
+    if os_user is not None:
+        postgres["os_user"] = os_user
+    return {
+        "cluster": cluster,
+        "member": member["name"],
+        "postgres": postgres,
+        "dcs": {"hosts": zookeeper_hosts},
+        "ha": {"synchronous_mode": synchronous_mode},
+        "api": {"listen": f"{member['host']}:{member['api_port']}"},
+        "storage": {"type": "fs", "directory": str(storage_dir)},
+    }
+
+
+def plan_api_ports(members: list[dict[str, Any]]) -> None:
+    for member in members:
+        member["api_port"] = free_port(member["host"], {member["port"]})
+
+
+def write_configs(directory: Path, configs: dict[str, dict[str, Any]]) -> dict[str, Path]:
+    agents_dir = directory / "agents"
+    agents_dir.mkdir(mode=0o700, exist_ok=True)
+    paths = {}
+    for name, config in configs.items():
+        path = agents_dir / f"{name}.yml"
+        path.touch(mode=0o600)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        paths[name] = path
+    return paths
+
+
+def process_name(member: str) -> str:
+    return f"agent-{member}"
+
+
+def start_agent(directory: Path, registry: Registry, lab_id: str, name: str) -> None:
+    config = directory / "agents" / f"{name}.yml"
+    env = dict(os.environ) | {LAB_ID_ENV: lab_id}
+    spawn(
+        registry,
+        process_name(name),
+        [sys.executable, "-m", "pgwarden", "--log-level", "info", "agent", "-c", str(config)],
+        directory / "agents" / f"{name}.log",
+        env=env,
+    )
+
+
+def api_get(url: str, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of an agent API endpoint; (0, {}) when it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+            return int(response.status), json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read() or b"{}")
+        except ValueError:
+            body = {}
+        return int(exc.code), body
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, {}
+
+
+def wait_formed(registry: Registry, members: list[dict[str, Any]], timeout: float = 90.0) -> str:
+    """Wait until one agent serves /primary and every other /replica; return the primary."""
+
+    def formed() -> str | None:
+        primaries, replicas = [], []
+        for member in members:
+            record = registry.get(process_name(member["name"]))
+            if record is None or not is_running(record):
+                raise LabError(
+                    f"the agent of {member['name']} exited during start; its log ends with:\n"
+                    + log_tail(record.log if record else "")
+                )
+            base = f"http://{member['host']}:{member['api_port']}"
+            if api_get(f"{base}/primary")[0] == 200:
+                primaries.append(member["name"])
+            elif api_get(f"{base}/replica")[0] == 200:
+                replicas.append(member["name"])
+        if len(primaries) == 1 and len(replicas) == len(members) - 1:
+            return str(primaries[0])
+        return None
+
+    try:
+        return poll_until(formed, timeout, interval=0.1)
+    except DeadlineExceededError:
+        tails = "\n".join(
+            f"--- {m['name']}:\n"
+            + log_tail(Path(str(registry.get(process_name(m["name"])).log)), 8)  # type: ignore[union-attr]
+            for m in members
+            if registry.get(process_name(m["name"])) is not None
+        )
+        raise LabError(f"the agents did not form a cluster within {timeout:g} s\n{tails}") from None
