@@ -42,6 +42,7 @@ class LocalMemory:
     configured_leader: str | None = None
     rejoin_failed: bool = False
     sync_standby_names: frozenset[str] = field(default_factory=frozenset)
+    sync_confirmed_lsn: Lsn | None = None
     system_identifier: str | None = None
 
 
@@ -100,9 +101,12 @@ class Executor:
             self.memory.sync_standby_names = frozenset()
 
     def _start(self) -> None:
+        """Start PostgreSQL; wait for a primary to accept connections. A replica may need
+        WAL from its leader before it is consistent: the loop watches it start instead."""
         self.postmaster.start()
-        self.instance.wait_ready(START_TIMEOUT)
-        self.postmaster.mark_ready()
+        if self.memory.configured_leader is None:
+            self.instance.wait_ready(START_TIMEOUT)
+            self.postmaster.mark_ready()
 
     # ----------------------------------------------------------------- actions
     def _perform(self, action: act.Action, cluster: ClusterState) -> bool:  # noqa: PLR0912, PLR0915
@@ -158,6 +162,7 @@ class Executor:
                 sql.ensure_slots(self.instance.spec, members)
             case act.SetSyncStandbys(names=names):
                 self.memory.sync_standby_names = names
+                self.memory.sync_confirmed_lsn = None
                 self._configure(cluster, None)
                 sql.reload(self.instance.spec)
             case act.SetSyncKey(members=members, version=version):

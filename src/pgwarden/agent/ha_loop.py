@@ -20,8 +20,9 @@ from pgwarden.agent.executor import Executor, LocalMemory
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.postmaster import Postmaster
 from pgwarden.dcs.base import ConsensusStore, StoreError
+from pgwarden.ha.actions import EnsureSlots, SetSyncKey, SetSyncStandbys, UpdateOptime
 from pgwarden.ha.decide import decide
-from pgwarden.ha.view import ClusterView, LocalState, Standby
+from pgwarden.ha.view import STAR, ClusterView, LocalState, Standby
 from pgwarden.logs import get_logger
 from pgwarden.model import ClusterState, Lsn, MemberInfo, PgState, Role, Tags
 from pgwarden.postgres import sql
@@ -66,6 +67,7 @@ class HaLoop:
         self.cluster = ClusterState()
         self.last: TickResult | None = None
         self._last_reason = ""
+        self._follow_up = False
 
     # ----------------------------------------------------------------- observe
     def observe(self) -> LocalState:
@@ -100,14 +102,28 @@ class HaLoop:
                 Standby(r.name, r.state, r.sync_state, r.flush_lsn)
                 for r in sql.replicas(self.instance.spec)
             )
+        self._confirm_sync(standbys)
         return replace(
             local,
+            sync_confirmed_lsn=self.memory.sync_confirmed_lsn,
             pg=self.postmaster.state,
             in_recovery=seen.in_recovery,
             timeline=seen.timeline,
             wal_position=position,
             standbys=standbys,
         )
+
+    def _confirm_sync(self, standbys: tuple[Standby, ...]) -> None:
+        """Record the WAL position once every configured synchronous standby shows as
+        synchronous: commits acknowledged after it waited for all of them."""
+        names = self.memory.sync_standby_names
+        if not names or STAR in names or self.memory.sync_confirmed_lsn is not None:
+            return
+        synchronous = {s.name for s in standbys if s.sync_state in ("sync", "quorum")}
+        if names <= synchronous:
+            seen = sql.observe(self.instance.spec, timeout=1.0)
+            if seen is not None and seen.current_lsn is not None:
+                self.memory.sync_confirmed_lsn = seen.current_lsn
 
     def peer_positions(self, cluster: ClusterState) -> dict[str, Lsn | None]:
         """Fresh WAL positions of the other members, asked of their APIs in parallel."""
@@ -132,7 +148,8 @@ class HaLoop:
             peers = self.peer_positions(cluster)
         view = ClusterView(self.me, cluster, local, lease, peers)
         decision = decide(view, time.monotonic())
-        if decision.actions or decision.reason != self._last_reason:
+        routine = all(isinstance(a, UpdateOptime | EnsureSlots) for a in decision.actions)
+        if not routine or decision.reason != self._last_reason:
             log.info(
                 "ha.decision",
                 reason=decision.reason,
@@ -140,14 +157,18 @@ class HaLoop:
             )
         self._last_reason = decision.reason
         acted = bool(decision.actions)
+        self._follow_up = any(isinstance(a, SetSyncStandbys | SetSyncKey) for a in decision.actions)
         if acted:
+            # Announce ourselves before a long action: the leader keeps a replication
+            # slot only for registered members, and a rejoining member needs it.
+            self.publish(decision.reason, local)
             self.executor.run(decision, cluster)
-        self.publish(decision.reason)
+            local = self.observe()
+        self.publish(decision.reason, local)
         self.last = TickResult(view, decision.reason, acted)
         return self.last
 
-    def publish(self, reason: str) -> None:
-        local = self.observe() if self.last is None or self.last.acted else self.last.view.local
+    def publish(self, reason: str, local: LocalState) -> None:
         if local.in_recovery is None:
             role = Role.UNKNOWN
         else:
@@ -182,6 +203,9 @@ class HaLoop:
                 result = None
             config = self.cluster.config
             wait = config.loop_wait
+            if result is not None and result.acted and self._follow_up:
+                # A multi-step change (synchronous standbys) goes on at once.
+                wait = min(wait, 0.1)
             if result is not None:
                 deadline = result.view.lease.deadline(config.ttl, config.safety_margin)
                 if deadline is not None and result.view.local.is_primary:

@@ -20,17 +20,21 @@ from pgwarden.logs import LEVELS, configure_logging
 @click.option(
     "--log-level",
     type=click.Choice(LEVELS),
-    default="info",
-    show_default=True,
+    default="warning",
+    show_default="warning; info for the agent",
     help="Lowest level of log events written to stderr.",
 )
-def cli(log_level: str) -> None:
+@click.pass_context
+def cli(ctx: click.Context, log_level: str) -> None:
     """pgwarden: high availability and disaster recovery for PostgreSQL.
 
     \b
     Exit codes: 0 success; 1 the operation failed or the input is invalid
     (one sentence on stderr says why); 2 the command line itself is wrong.
     """
+    explicit = ctx.get_parameter_source("log_level") is not click.core.ParameterSource.DEFAULT
+    if ctx.invoked_subcommand == "agent" and not explicit:
+        log_level = "info"
     configure_logging(log_level)
 
 

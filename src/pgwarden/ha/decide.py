@@ -91,7 +91,7 @@ def _uninitialized(view: ClusterView) -> Decision:
     return Decision((), "the cluster has no leader to clone from")
 
 
-def _lead(view: ClusterView) -> Decision:
+def _lead(view: ClusterView, now: float) -> Decision:
     local, cluster = view.local, view.cluster
     if cluster.config.paused:
         actions: tuple[Action, ...] = ()
@@ -111,6 +111,11 @@ def _lead(view: ClusterView) -> Decision:
     if local.in_recovery is None:
         return Decision((), "I hold the lease; PostgreSQL does not answer SQL yet")
     if local.in_recovery:
+        # A replica is not fenced; promoting it past the deadline would make a primary
+        # while another member may already hold the lease.
+        deadline = view.lease.deadline(cluster.config.ttl, cluster.config.safety_margin)
+        if deadline is None or now >= deadline:
+            return Decision((), "I hold the lease but cannot confirm it in time; not promoting")
         return Decision((Promote(),), "I hold the leader lease; promoting")
     acts: list[Action] = []
     if local.wal_position is not None:
@@ -168,7 +173,11 @@ def _race(view: ClusterView) -> Decision:
         return Decision((), "no leader, but my PostgreSQL does not answer; not racing")
     if _may_take_writes(view):
         return Decision((AcquireLease(),), "no leader and I am the primary; taking the lease")
-    if local.tags.nofailover:
+    published = cluster.members.get(view.me)
+    if published is None:
+        # Peers ask only published members for their positions: unseen, I must not race.
+        return Decision((), "no leader, but my member key is not published yet; not racing")
+    if local.tags.nofailover or published.tags.nofailover:
         return Decision((), "no leader; my nofailover tag keeps me out of the race")
     sync_only = config.synchronous_mode is not SyncMode.OFF
     if sync_only and view.me not in cluster.sync.members:
@@ -180,7 +189,8 @@ def _race(view: ClusterView) -> Decision:
     if cluster.optime is not None and cluster.optime - position > config.maximum_lag_on_failover:
         lag = cluster.optime - position
         return Decision((), f"no leader, but I am {lag} bytes behind its last position")
-    mine = (position, local.tags.failover_priority, view.me)
+    # Peers rank me by my published tags; so must I, or two members could each win.
+    mine = (position, published.tags.failover_priority, view.me)
     for name, peer_position in sorted(view.peers.items()):
         info = cluster.members.get(name)
         if name == view.me or peer_position is None or info is None or info.tags.nofailover:
@@ -224,7 +234,7 @@ def decide(view: ClusterView, now: float) -> Decision:
                 "the store has no cluster record; my data becomes the cluster",
             )
     if i_lead:
-        return _lead(view)
+        return _lead(view, now)
     if leader is not None:
         return _follow(view, leader)
     return _race(view)

@@ -19,6 +19,7 @@ Standard library only: it must start fast and depend on nothing that can hang.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -40,16 +41,34 @@ def _start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(raw[raw.rindex(")") + 2 :].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 def _kill(pid: int, ticks: int) -> str:
+    """SIGKILL the postmaster and every child of it. PostgreSQL's children each lead a
+    session of their own, so a process-group kill would miss them; stopping the
+    postmaster first keeps it from starting new ones while we collect them."""
     if _start_ticks(pid) != ticks:
         return f"fence: postmaster {pid} already gone"
-    try:
-        os.killpg(pid, signal.SIGKILL)  # the postmaster leads its group: backends go too
-    except ProcessLookupError:
-        pass
-    except PermissionError:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)
+    for child in _children(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    return f"fence: lease deadline passed, killed postmaster {pid}"
+    return f"fence: lease deadline passed, killed postmaster {pid} and its children"
 
 
 def run(stream: IO[str]) -> int:

@@ -5,11 +5,13 @@ acknowledged, so promoting any of them loses nothing. The leader moves
 `synchronous_standby_names` (ssn) and the key in an order that keeps it true:
 
 - adding standbys D to key K: first require K and D together in ssn; once every member of
-  D is synchronous and has flushed past the WAL position observed this tick, write the key
-  as D; then drop K's leavers from ssn.
+  D is synchronous and has flushed past the WAL position read after the new setting was
+  seen in effect (`LocalState.sync_confirmed_lsn`), write the key as D; then drop K's
+  leavers from ssn.
 - removing only: write the key first (ssn still requires the larger set), then ssn.
 - no candidate: mode `on` empties the key first (nobody may promote), then ssn, and
   replication degrades to asynchronous; mode `strict` never degrades: writes wait.
+- mode `off`: empty the key first, then ssn.
 """
 
 from __future__ import annotations
@@ -22,15 +24,20 @@ from pgwarden.model import MemberInfo, SyncMode
 
 
 def desired_standbys(
-    local: LocalState, members: Mapping[str, MemberInfo], count: int
+    local: LocalState,
+    members: Mapping[str, MemberInfo],
+    count: int,
+    current: frozenset[str] = frozenset(),
 ) -> frozenset[str]:
-    """The `count` most advanced streaming standbys that may be synchronous."""
+    """The `count` streaming standbys that may be synchronous: the current ones first
+    (so that positions that change under load do not move the set back and forth),
+    then the most advanced."""
     candidates = [
         s
         for s in local.standbys
         if s.state == "streaming" and s.name in members and not members[s.name].tags.nosync
     ]
-    candidates.sort(key=lambda s: (-(s.flush_lsn or 0), s.name))
+    candidates.sort(key=lambda s: (s.name not in current, -(s.flush_lsn or 0), s.name))
     return frozenset(s.name for s in candidates[: max(count, 0)])
 
 
@@ -41,16 +48,19 @@ def plan_sync(view: ClusterView) -> tuple[list[Action], str]:
     sync = cluster.sync
     current = local.sync_standby_names
     if mode is SyncMode.OFF:
-        if current:
-            return [SetSyncStandbys(frozenset())], "synchronous mode is off"
+        # Removing only: the key first, while ssn still requires everyone it lists.
         if sync.version != -1 and (sync.members or sync.leader != view.me):
             return [SetSyncKey(frozenset(), sync.version)], "synchronous mode is off"
+        if current:
+            return [SetSyncStandbys(frozenset())], "synchronous mode is off"
         return [], ""
     if sync.leader != view.me:
         # A key written by a previous leader: claim it with nobody promotable first.
         return [SetSyncKey(frozenset(), sync.version)], "claiming the sync key"
     key = sync.members
-    wanted = desired_standbys(local, cluster.members, cluster.config.synchronous_node_count)
+    wanted = desired_standbys(
+        local, cluster.members, cluster.config.synchronous_node_count, sync.members
+    )
     if not wanted:
         if mode is SyncMode.STRICT:
             if not current:
@@ -70,12 +80,14 @@ def plan_sync(view: ClusterView) -> tuple[list[Action], str]:
     union = key | wanted
     if current not in (union, wanted):
         return [SetSyncStandbys(union)], "requiring new synchronous standbys before listing them"
+    # Commits acknowledged before the new setting took effect may be on the old key's
+    # members only; the new ones hold them once they flushed past the position read
+    # after the setting was seen in effect.
     by_name = {s.name: s for s in local.standbys}
-    position = local.wal_position
-    caught_up = all(
+    position = local.sync_confirmed_lsn
+    caught_up = position is not None and all(
         name in by_name
         and by_name[name].sync_state in ("sync", "quorum")
-        and position is not None
         and (by_name[name].flush_lsn or 0) >= position
         for name in wanted
     )

@@ -41,6 +41,10 @@ class LocalState:
     rejoin_failed: bool = False  # the last rewind failed: only a fresh clone can rejoin
     standbys: tuple[Standby, ...] = ()  # primary only
     sync_standby_names: frozenset[str] = frozenset()  # what we configured; {"*"} for any
+    # The WAL position read just after pg_stat_replication first showed every member of
+    # sync_standby_names as synchronous: every commit acknowledged after it was flushed
+    # by all of them. None until that was seen for the current setting.
+    sync_confirmed_lsn: Lsn | None = None
     tags: Tags = field(default_factory=Tags)
 
     @property

@@ -21,16 +21,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pgwarden.lab.procs import LabError, ProcessRecord, group_members, is_running
+from pgwarden.lab.procs import (
+    LabError,
+    ProcessRecord,
+    descendants,
+    group_members,
+    is_running,
+)
 
 COMMENT_PREFIX = "pgwarden-lab:"
 
 
 def signal_process(record: ProcessRecord, sig: int, *, group: bool = True) -> list[int]:
-    """Send `sig` to a recorded process (and its process group); return the PIDs signalled."""
+    """Send `sig` to a recorded process and, with `group`, to its process group and all
+    its descendants (a postmaster's backends lead sessions of their own); return the PIDs
+    signalled, the recorded process first."""
     if not group_members(record.pid) and not is_running(record):
         raise LabError(f"{record.name} is not running")
-    pids = group_members(record.pid) if group else [record.pid]
+    pids = [record.pid]
+    if group:
+        pids += [p for p in group_members(record.pid) + descendants(record.pid) if p not in pids]
+        pids = list(dict.fromkeys(pids))
     for pid in pids:
         try:
             os.kill(pid, sig)

@@ -396,8 +396,21 @@ class Lab:
                 self._service(s3.PROCESS_NAME, "s3", self.s3.url) | {"bucket": self.s3.bucket}
             )
         for m in self.members:
-            entry = self._service(m.process_name, "postgres", f"{m.host}:{m.port}")
-            entry |= {"member": m.name, "role": self._pg_role(m) if entry["running"] else "down"}
+            if self.state.get("agents"):
+                entry = self._service(agents.process_name(m.name), "agent", self.agent_url(m.name))
+                pid = self.postmaster_pid(m.name)
+                entry |= {
+                    "member": m.name,
+                    "postgres": f"{m.host}:{m.port}",
+                    "postmaster_pid": pid,
+                    "role": self._pg_role(m) if pid else "down",
+                }
+            else:
+                entry = self._service(m.process_name, "postgres", f"{m.host}:{m.port}")
+                entry |= {
+                    "member": m.name,
+                    "role": self._pg_role(m) if entry["running"] else "down",
+                }
             services.append(entry)
         return {
             "lab_id": self.lab_id,

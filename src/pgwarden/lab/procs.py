@@ -92,6 +92,29 @@ def tagged_processes(name: str, value: str) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Live descendants of `pid`, children first (PostgreSQL's children each lead their
+    own session, so a process-group signal misses them)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if fields[0] not in ("Z", "X"):
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        children = parents.get(queue.pop(0), [])
+        found.extend(children)
+        queue.extend(children)
+    return found
+
+
 class Registry:
     """The processes of one lab directory, one JSON file per process."""
 

@@ -1,0 +1,1 @@
+"""Consensus store adapters: a protocol, ZooKeeper (kazoo) and an in-memory store."""
