@@ -1,11 +1,15 @@
 """`make demo`: the main job on one machine, start to end, then everything removed.
 
-Today: a lab with ZooKeeper, an S3 endpoint and three PostgreSQL members (a primary and
-two streaming replicas); rows written on the primary are read back on each replica.
+A lab with ZooKeeper, an S3 endpoint and three pgwarden agents that bootstrap a cluster
+(a primary and two synchronous-capable replicas). Rows written on the primary are read on
+the replicas; then the primary's host is killed (agent, PostgreSQL and its backends at
+once) while a writer commits every 10 ms, a replica takes over, the old primary rejoins
+through pg_rewind, and a checker shows no acknowledged write was lost.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,12 +17,42 @@ from pathlib import Path
 import click
 
 from pgwarden.cli.lab_cmd import _render_text
+from pgwarden.cli.list_cmd import cluster_rows
+from pgwarden.dcs.zookeeper import ZooKeeperStore
 from pgwarden.lab import Lab, LabError, LabSpec, s3, scratch_directory
+from pgwarden.lab.ha import HaCluster
+from pgwarden.lab.writer import Writer
 from pgwarden.logs import configure_logging
 
 
 def step(text: str) -> None:
     click.secho(f"\n==> {text}", bold=True)
+
+
+def show_services(lab: Lab) -> None:
+    """Write and read back an object through boto3; ZooKeeper is shown by `list` below."""
+    endpoint = lab.s3
+    assert endpoint is not None
+    client = s3.client(endpoint)
+    client.put_object(Bucket=endpoint.bucket, Key="demo/hello.txt", Body=b"hello from the demo")
+    body = client.get_object(Bucket=endpoint.bucket, Key="demo/hello.txt")["Body"].read()
+    click.echo(f"s3 {endpoint.url}/{endpoint.bucket}/demo/hello.txt = {body.decode()!r}")
+
+
+def show_members(lab: Lab) -> None:
+    """What `pgwarden list` prints, read from ZooKeeper."""
+    store = ZooKeeperStore(lab.zookeeper_hosts, "lab")
+    store.start(timeout=5)
+    try:
+        cluster = store.read()
+    finally:
+        store.stop()
+    for row in cluster_rows(cluster):
+        lag = "-" if row["lag_bytes"] is None else row["lag_bytes"]
+        click.echo(
+            f"  {row['member']:6} {row['role']:8} {row['state']:8} TL {row['timeline']}  "
+            f"lag {lag:>6}  sync {'yes' if row['sync'] else 'no ':3}  {row['decision']}"
+        )
 
 
 def wait_replayed(lab: Lab, member: str, lsn: str, timeout: float = 30.0) -> float:
@@ -33,66 +67,77 @@ def wait_replayed(lab: Lab, member: str, lsn: str, timeout: float = 30.0) -> flo
     raise LabError(f"{member} did not replay up to {lsn} within {timeout:g} s")
 
 
-def show_services(lab: Lab) -> None:
-    """Write and read back a znode and an object, through kazoo and boto3."""
-    from kazoo.client import KazooClient  # noqa: PLC0415 - only the demo needs it here
+def replicate_rows(lab: Lab, primary: str) -> None:
+    step(f"write 1000 rows on the primary ({primary}), read them on each replica")
+    with lab.connect(primary, autocommit=True) as conn:
+        conn.execute("CREATE TABLE demo_orders (id int PRIMARY KEY, placed_at timestamptz)")
+        conn.execute("INSERT INTO demo_orders SELECT g, now() FROM generate_series(1, 1000) g")
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        lsn = row[0]
+    for member in lab.members:
+        if member.name == primary:
+            continue
+        seconds = wait_replayed(lab, member.name, lsn)
+        with lab.connect(member.name) as conn:
+            counted = conn.execute("SELECT count(*) FROM demo_orders").fetchone()
+        assert counted is not None
+        click.echo(
+            f"{member.name}: {counted[0]} rows, caught up {seconds * 1000:.0f} ms after the commit"
+        )
+        if counted[0] != 1000:
+            raise LabError(f"{member.name} shows {counted[0]} rows, expected 1000")
 
-    zk = KazooClient(hosts=lab.zookeeper_hosts, timeout=5)
-    zk.start(timeout=10)
+
+def failover(cluster: HaCluster, old: str) -> None:
+    step(f"kill the primary's host ({old}: agent, PostgreSQL, backends) during writes")
+    writer = Writer(cluster.names(), cluster.conninfo)
+    Writer.prepare(cluster.conninfo(old))
+    writer.start()
     try:
-        zk.ensure_path("/pgwarden-demo")
-        zk.set("/pgwarden-demo", b"hello from the demo")
-        value, _ = zk.get("/pgwarden-demo")
+        time.sleep(1.0)
+        fault = time.monotonic()
+        cluster.signal_host(old, signal.SIGKILL)
+        new = cluster.wait_primary(30, not_=old)
+        took = writer.wait_for_commit_after(fault, 30)
+        click.echo(
+            f"{new} took over; first commit {took:.2f} s after the fault"
+            if took is not None
+            else f"{new} took over, but no commit was acknowledged within 30 s"
+        )
+        show_members(cluster.lab)
+
+        step(f"restart {old}'s agent: it rewinds and rejoins as a replica")
+        cluster.restart_agent(old)
+        primary = cluster.wait_converged(60)
+        time.sleep(0.5)
     finally:
-        zk.stop()
-        zk.close()
-    click.echo(f"zookeeper {lab.zookeeper_hosts}: /pgwarden-demo = {value.decode()!r}")
-    endpoint = lab.s3
-    assert endpoint is not None
-    client = s3.client(endpoint)
-    client.put_object(Bucket=endpoint.bucket, Key="demo/hello.txt", Body=b"hello from the demo")
-    body = client.get_object(Bucket=endpoint.bucket, Key="demo/hello.txt")["Body"].read()
-    click.echo(f"s3 {endpoint.url}/{endpoint.bucket}/demo/hello.txt = {body.decode()!r}")
+        writer.stop()
+    report = writer.check(cluster.conninfo(primary))
+    show_members(cluster.lab)
+    click.echo(
+        f"writer: {report.acknowledged} commits acknowledged, "
+        f"{len(report.lost_writes)} lost, {len(report.split_brain)} moments with two primaries"
+    )
+    if report.lost_writes or report.split_brain:
+        raise LabError("the checker found lost writes or two primaries")
 
 
 def run_demo(directory: Path) -> None:
-    step(f"lab up in {directory}: ZooKeeper, S3 endpoint, PostgreSQL primary + 2 replicas")
+    step(f"lab up in {directory}: ZooKeeper, S3, three pgwarden agents (synchronous mode)")
     started = time.monotonic()
-    lab = Lab.create(directory, LabSpec(zookeeper_nodes=1, s3=True, postgres_nodes=3))
+    spec = LabSpec(zookeeper_nodes=1, s3=True, postgres_nodes=3, agents=True, synchronous_mode="on")
+    lab = Lab.create(directory, spec)
     try:
-        click.echo(f"ready in {time.monotonic() - started:.1f} s")
+        cluster = HaCluster(lab)
+        primary = cluster.wait_converged()
+        click.echo(f"agents bootstrapped the cluster in {time.monotonic() - started:.1f} s")
         _render_text(lab.status())
-
-        step("ZooKeeper and S3 answer")
         show_services(lab)
-
-        primary, replicas = lab.members[0], lab.members[1:]
-        step(f"write 1000 rows on the primary ({primary.name})")
-        with lab.connect(primary.name, autocommit=True) as conn:
-            conn.execute(
-                "CREATE TABLE demo_orders (id int PRIMARY KEY, placed_at timestamptz NOT NULL)"
-            )
-            conn.execute("INSERT INTO demo_orders SELECT g, now() FROM generate_series(1, 1000) g")
-            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-            assert row is not None
-            lsn = row[0]
-        click.echo(f"committed at WAL position {lsn}")
-
-        step("read them back on each replica")
-        for replica in replicas:
-            seconds = wait_replayed(lab, replica.name, lsn)
-            with lab.connect(replica.name) as conn:
-                counted = conn.execute("SELECT count(*), max(id) FROM demo_orders").fetchone()
-            assert counted is not None
-            click.echo(
-                f"{replica.name}: {counted[0]} rows (max id {counted[1]}), "
-                f"caught up {seconds * 1000:.0f} ms after the commit returned"
-            )
-            if counted[0] != 1000:
-                raise LabError(f"{replica.name} shows {counted[0]} rows, expected 1000")
-
-        step("status")
-        _render_text(lab.status())
+        step("pgwarden list")
+        show_members(lab)
+        replicate_rows(lab, primary)
+        failover(cluster, primary)
     finally:
         step("lab down")
         lab.down()

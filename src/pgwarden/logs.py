@@ -52,6 +52,24 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    _route_library_logs(level)
+
+
+class _ToStructlog(logging.Handler):
+    """Carry a library's standard-library log records into the structured stream."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger(component=record.name).log(record.levelno, record.getMessage())
+
+
+def _route_library_logs(level: str) -> None:
+    # kazoo narrates every reconnect attempt; pgwarden reports what matters (session
+    # states, one-sentence errors) itself, so kazoo's own records show only at debug.
+    for name in ("kazoo", "botocore", "boto3", "urllib3"):
+        library = logging.getLogger(name)
+        library.handlers = [_ToStructlog()]
+        library.propagate = False
+        library.setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)
 
 
 def bind_identity(cluster: str | None = None, member: str | None = None) -> None:

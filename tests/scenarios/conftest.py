@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from ha_harness import Cluster
 from pgwarden.lab import Lab, LabSpec, scratch_directory
+from pgwarden.lab.ha import HaCluster as Cluster
 from pgwarden.lab.writer import Writer
 
 

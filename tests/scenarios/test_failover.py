@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from ha_harness import finish
 from pgwarden.lab import faults
+from pgwarden.lab.ha import finish
 from pgwarden.lab.net import ZOOKEEPER_ADDRESSES
 
 pytestmark = pytest.mark.integration

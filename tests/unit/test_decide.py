@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -55,272 +54,34 @@ from pgwarden.ha.decide import MAX_CRASH_RESTARTS, decide
 from pgwarden.ha.view import ClusterView, Lease, LocalState, Standby
 from pgwarden.model import FailoverRequest, Lsn, MemberInfo, PgState, SyncMode, SyncState, Tags
 
-HOLDS = lease(holds=True)
 ABC = ("a", "b", "c")
+HOLDS = lease(holds=True)
+LOST = lease(session=SessionState.LOST)
+LATE = NOW - 3.0  # confirmed 3 s ago: with ttl 4 and margin 1 the deadline is exactly NOW
+EMPTY = empty_dir()
 SYNC_ON = config(synchronous_mode=SyncMode.ON)
 PAUSED = config(paused=True)
+WIN = (AcquireLease(), Promote())
+NO_FAILOVER = Tags(nofailover=True)
+PRIO2 = Tags(failover_priority=2)
+B_STREAMS = Standby("b", "streaming", "async", Lsn(4_000))
+B_SYNC = Standby("b", "streaming", "sync", Lsn(5_000))
 
 
 def case(
-    the_view: ClusterView, actions: tuple[Action, ...], phrase: str, *, now: float = NOW, id: str
-) -> object:
+    id: str, the_view: ClusterView, actions: tuple[Action, ...], phrase: str, now: float = NOW
+) -> Any:
     return pytest.param(the_view, now, actions, phrase, id=id)
 
 
-def check(the_view: ClusterView, now: float, actions: tuple[Action, ...], phrase: str) -> None:
-    decision = decide(the_view, now)
-    assert decision.actions == actions
-    assert phrase in decision.reason
+def lead(local: LocalState, *, the_lease: Lease = HOLDS, **fields: Any) -> ClusterView:
+    """Member "a" holds the lease among a, b and c."""
+    return view("a", cluster(*ABC, leader="a", **fields), local, the_lease)
 
 
-BOOTSTRAP = [
-    case(
-        view("a", cluster(initialize=None), empty_dir()),
-        (AcquireLease(), Bootstrap()),
-        "racing to bootstrap",
-        id="nobody-leads-race-to-bootstrap",
-    ),
-    case(
-        view("a", cluster(leader="b", initialize=None), empty_dir()),
-        (),
-        "waiting for b to bootstrap",
-        id="someone-else-bootstraps",
-    ),
-    case(
-        view("a", cluster(leader="a", initialize=None), empty_dir(), HOLDS),
-        (Bootstrap(),),
-        "I hold the lease of an uninitialized cluster",
-        id="lease-won-bootstrap",
-    ),
-    case(
-        view("a", cluster(leader="a", initialize=None), empty_dir()),
-        (),
-        "waiting for a to bootstrap",
-        id="lease-of-an-older-session-wait",
-    ),
-    case(
-        view("a", cluster("b", leader="b"), empty_dir()),
-        (Clone("b"),),
-        "creating a replica from the leader b",
-        id="clone-from-running-leader",
-    ),
-    case(
-        view("a", cluster(leader="b", infos=[member("b", state=PgState.STARTING)]), empty_dir()),
-        (),
-        "waiting for the leader b to run",
-        id="leader-not-running-yet",
-    ),
-    case(
-        view("a", cluster(leader="b"), empty_dir()),
-        (),
-        "waiting for the leader b to run",
-        id="leader-unpublished",
-    ),
-    case(
-        view("a", cluster("b"), empty_dir()),
-        (),
-        "no leader to clone from",
-        id="initialized-cluster-without-leader",
-    ),
-    case(
-        view("a", cluster(leader="a", initialize=None), primary(), HOLDS),
-        (RecordInitialize(),),
-        "recording the cluster's system identifier",
-        id="leader-records-initialize",
-    ),
-    case(
-        view("a", cluster(initialize=None), primary()),
-        (AcquireLease(), RecordInitialize()),
-        "my data becomes the cluster",
-        id="store-wiped-primary-claims-it",
-    ),
-]
-
-FOREIGN = stopped(system_identifier=OTHER_CLUSTER_ID)
-FOREIGN_DATA = [
-    case(view("a", cluster("b", leader="b"), FOREIGN), (), "another cluster", id="under-leader"),
-    case(view("a", cluster("b"), FOREIGN), (), "another cluster", id="no-leader"),
-    case(view("a", cluster(leader="a"), FOREIGN, HOLDS), (), "another cluster", id="holding"),
-    case(
-        view("a", cluster("b"), replica("b", system_identifier=OTHER_CLUSTER_ID)),
-        (),
-        f"system identifier {OTHER_CLUSTER_ID}, cluster {CLUSTER_ID}",
-        id="running-replica",
-    ),
-]
-
-LEADER = [
-    case(
-        view("a", cluster(*ABC, leader="a"), primary(5_000), HOLDS),
-        (UpdateOptime(Lsn(5_000)), EnsureSlots(frozenset({"b", "c"}))),
-        "I am the leader, a healthy primary on timeline 3",
-        id="healthy-primary-tick",
-    ),
-    case(
-        view("a", cluster("a", leader="a"), primary(wal_position=None), HOLDS),
-        (EnsureSlots(frozenset()),),
-        "I am the leader",
-        id="alone-position-unknown",
-    ),
-    case(
-        view(
-            "a",
-            cluster(*ABC, leader="a", config=SYNC_ON, sync=SyncState("a", frozenset(), 4)),
-            primary(5_000, standbys=(Standby("b", "streaming", "async", Lsn(4_000)),)),
-            HOLDS,
-        ),
-        (
-            UpdateOptime(Lsn(5_000)),
-            EnsureSlots(frozenset({"b", "c"})),
-            SetSyncStandbys(frozenset({"b"})),
-        ),
-        "healthy primary on timeline 3; requiring new synchronous standbys",
-        id="sync-mode-requires-standby",
-    ),
-    case(
-        view(
-            "a",
-            cluster(*ABC, leader="a", config=SYNC_ON, sync=SyncState("a", frozenset(), 4)),
-            primary(
-                5_100,
-                standbys=(Standby("b", "streaming", "sync", Lsn(5_000)),),
-                sync_standby_names=frozenset({"b"}),
-                sync_confirmed_lsn=Lsn(5_000),
-            ),
-            HOLDS,
-        ),
-        (
-            UpdateOptime(Lsn(5_100)),
-            EnsureSlots(frozenset({"b", "c"})),
-            SetSyncKey(frozenset({"b"}), 4),
-        ),
-        "new synchronous standbys caught up",
-        id="sync-mode-lists-caught-up-standby",
-    ),
-    case(
-        view("a", cluster(*ABC, leader="a"), replica("c"), HOLDS),
-        (Promote(),),
-        "I hold the leader lease; promoting",
-        id="promote-in-recovery",
-    ),
-    case(
-        view("a", cluster(leader="a"), replica(None, in_recovery=None), HOLDS),
-        (),
-        "does not answer SQL yet",
-        id="not-answering-sql",
-    ),
-    case(
-        view("a", cluster(leader="a"), primary(pg=PgState.STARTING, in_recovery=None), HOLDS),
-        (),
-        "waiting for PostgreSQL to start",
-        id="starting",
-    ),
-    case(
-        view("a", cluster(leader="a", config=PAUSED), primary(7_000), HOLDS),
-        (UpdateOptime(Lsn(7_000)),),
-        "paused: I hold the lease and change nothing",
-        id="paused-primary",
-    ),
-    case(
-        view("a", cluster(leader="a", config=PAUSED), stopped(), HOLDS),
-        (),
-        "paused",
-        id="paused-stopped",
-    ),
-    case(
-        view("a", cluster(leader="a"), stopped(), HOLDS),
-        (StartPostgres(),),
-        "PostgreSQL is stopped; starting it",
-        id="stopped-start",
-    ),
-]
-
-CRASHES = [
-    case(
-        view("a", cluster(leader="a"), stopped(pg=PgState.CRASHED, crash_count=n), HOLDS),
-        (StartPostgres(),),
-        "PostgreSQL crashed; starting it",
-        id=f"crash-{n}-restart",
-    )
-    for n in range(MAX_CRASH_RESTARTS)
-] + [
-    case(
-        view("a", cluster(leader="a"), stopped(pg=PgState.CRASHED, crash_count=n), HOLDS),
-        (ReleaseLease(),),
-        f"PostgreSQL failed {n} times in a row; releasing the lease",
-        id=f"crash-{n}-release",
-    )
-    for n in (MAX_CRASH_RESTARTS, MAX_CRASH_RESTARTS + 2)
-]
-
-FOLLOW = [
-    case(
-        view("a", cluster(*ABC, leader="b"), replica("b")),
-        (),
-        "a healthy replica following b",
-        id="healthy-replica",
-    ),
-    case(
-        view("a", cluster(*ABC, leader="b"), replica("c")),
-        (Follow("b"),),
-        "following the new leader b",
-        id="refollow-new-leader",
-    ),
-    case(
-        view("a", cluster(*ABC, leader="b"), replica(None)),
-        (Follow("b"),),
-        "following the new leader b",
-        id="standby-without-upstream",
-    ),
-    case(
-        view("a", cluster(*ABC, leader="b"), stopped("b")),
-        (Follow("b"),),
-        "starting as a replica of b",
-        id="stopped-replica-starts",
-    ),
-    case(
-        view("a", cluster(*ABC, leader="b"), stopped("c", pg=PgState.CRASHED)),
-        (Follow("b"),),
-        "starting as a replica of b",
-        id="crashed-replica-of-old-leader",
-    ),
-    case(
-        view("a", cluster(*ABC, leader="b"), replica("c", pg=PgState.STARTING)),
-        (),
-        "waiting for PostgreSQL to start; b is the leader",
-        id="starting-replica",
-    ),
-    case(
-        view("a", cluster(*ABC, leader="b"), stopped()),
-        (Rewind("b"),),
-        "rejoining b as a replica: rewinding first",
-        id="former-primary-rewinds",
-    ),
-    case(
-        view("a", cluster(*ABC, leader="b"), stopped(rejoin_failed=True)),
-        (Clone("b"),),
-        "rewind failed earlier; re-cloning from b",
-        id="failed-rewind-reclones",
-    ),
-    case(
-        view("a", cluster(leader="b", infos=[member("b", state=PgState.STOPPED)]), stopped()),
-        (),
-        "waiting for the leader b to run",
-        id="former-primary-waits-for-leader",
-    ),
-    case(
-        view("a", cluster(*ABC, leader="a"), replica("b")),
-        (),
-        "waiting for the lease of my previous session to expire",
-        id="lease-of-older-session",
-    ),
-    case(
-        view("a", cluster(*ABC, leader="b"), replica("b"), lease(session=SessionState.LOST)),
-        (),
-        "a healthy replica following b",
-        id="lost-session-replica-keeps-following",
-    ),
-]
+def under(leader: str, local: LocalState, **fields: Any) -> ClusterView:
+    """Member "a" of a, b and c while `leader` holds the lease."""
+    return view("a", cluster(*ABC, leader=leader, **fields), local)
 
 
 def race(
@@ -337,269 +98,229 @@ def race(
     return view(me, state, the_local, peers=peers if peers is not None else {"a": None})
 
 
-WIN = (AcquireLease(), Promote())
-NO_FAILOVER = Tags(nofailover=True)
-PRIO2 = Tags(failover_priority=2)
-RACE = [
-    case(race(peers={"a": None, "c": 200}), WIN, "best healthy candidate at 0/12C", id="most-wal"),
-    case(race(peers={"c": 400}), (), "c is a better candidate at 0/190", id="behind-a-peer"),
-    case(race(peers={"a": None, "c": 300}), WIN, "best healthy", id="tie-smaller-name-b-over-c"),
-    case(race(me="c", peers={"b": 300}), (), "b is a better candidate", id="tie-c-yields-to-b"),
-    case(
-        race(peers={"c": 300}, infos=(member("c", tags=PRIO2),)),
-        (),
-        "c is a better candidate",
-        id="tie-higher-priority-wins",
-    ),
-    case(
-        race(replica("a", 300, tags=PRIO2), peers={"a": 300}, infos=(member("b", tags=PRIO2),)),
-        WIN,
-        "best healthy",
-        id="priority-beats-smaller-name",
-    ),
-    case(
-        race(peers={"c": 400}, infos=(member("c", tags=NO_FAILOVER),)),
-        WIN,
-        "best healthy",
-        id="nofailover-peer-ignored",
-    ),
-    case(
-        race(replica("a", 300, tags=NO_FAILOVER)),
-        (),
-        "my nofailover tag keeps me out of the race",
-        id="my-nofailover",
-    ),
-    case(race(peers={"c": None}), WIN, "best healthy", id="unreachable-peer-ignored"),
-    case(race(peers={"x": 900}), WIN, "best healthy", id="unpublished-peer-ignored"),
-    case(
-        race(optime=Lsn(300 + (1 << 20))),
-        WIN,
-        "best healthy",
-        id="lag-at-the-limit",
-    ),
-    case(
-        race(optime=Lsn(301 + (1 << 20))),
-        (),
-        "no leader, but I am 1048577 bytes behind its last position",
-        id="lag-beyond-limit",
-    ),
-    case(
-        race(config=config(maximum_lag_on_failover=0), optime=Lsn(200)),
-        WIN,
-        "best healthy",
-        id="ahead-of-optime",
-    ),
-    case(
-        race(config=SYNC_ON, sync=SyncState("a", frozenset({"c"}), 2)),
-        (),
-        "only synchronous standbys may be promoted",
-        id="sync-mode-not-listed",
-    ),
-    case(
-        race(
-            config=config(synchronous_mode=SyncMode.STRICT),
-            sync=SyncState("a", frozenset({"b"}), 2),
-            peers={"c": 900},
-        ),
-        WIN,
-        "best healthy",
-        id="sync-mode-listed-beats-unlisted",
-    ),
-    case(
-        race(
-            config=SYNC_ON,
-            sync=SyncState("a", frozenset({"b", "c"}), 2),
-            peers={"c": 900},
-        ),
-        (),
-        "c is a better candidate",
-        id="sync-mode-listed-peer-ahead",
-    ),
-    case(
-        race(failover=FailoverRequest(from_=None, to="c")),
-        (),
-        "a failover to c was requested",
-        id="failover-to-another",
-    ),
-    case(race(failover=FailoverRequest(None, "b")), WIN, "best healthy", id="failover-to-me"),
-    case(race(failover=FailoverRequest("a", None)), WIN, "best healthy", id="switchover-no-to"),
-    case(
-        view("b", cluster("a", "c"), replica("a", 900), peers={"c": 300}),
-        (),
-        "no leader, but my member key is not published yet; not racing",
-        id="unpublished-me-is-invisible-to-peers",
-    ),
-    case(
-        race(replica("a", 300, tags=PRIO2), peers={"a": 300}),
-        (),
-        "a is a better candidate",
-        id="ranked-by-published-priority",
-    ),
-    case(
-        race(peers={"c": 200}, infos=(member("b", tags=NO_FAILOVER),)),
-        (),
-        "my nofailover tag keeps me out of the race",
-        id="published-nofailover",
-    ),
-    case(race(config=PAUSED), (), "the cluster is paused; not racing", id="paused"),
-    case(
-        race(replica("a", 300, in_recovery=None, wal_position=None)),
-        (),
-        "my PostgreSQL does not answer; not racing",
-        id="not-answering",
-    ),
-    case(
-        race(primary(300)),
-        (AcquireLease(),),
-        "no leader and I am the primary; taking the lease",
-        id="primary-takes-lease",
-    ),
-    case(
-        race(stopped()),
-        (AcquireLease(), StartPostgres()),
-        "I was the primary, taking the lease and starting PostgreSQL",
-        id="cold-start-former-primary",
-    ),
-    case(
-        race(stopped("a")),
-        (StartPostgres(),),
-        "starting PostgreSQL to take part",
-        id="cold-start-replica",
-    ),
-    case(
-        race(stopped("a", pg=PgState.CRASHED)),
-        (StartPostgres(),),
-        "starting PostgreSQL to take part",
-        id="crashed-replica",
-    ),
+def crashed(count: int) -> LocalState:
+    return stopped(pg=PgState.CRASHED, crash_count=count)
+
+
+FOREIGN = stopped(system_identifier=OTHER_CLUSTER_ID)
+SLOTS = EnsureSlots(frozenset({"b", "c"}))
+SYNC_KEY_4 = SyncState("a", frozenset(), 4)
+ONLY_B, B_AND_C = SyncState("a", frozenset({"b"}), 2), SyncState("a", frozenset({"b", "c"}), 2)
+STRICT = config(synchronous_mode=SyncMode.STRICT)
+B_CAUGHT_UP = primary(
+    5_100,
+    standbys=(B_SYNC,),
+    sync_standby_names=frozenset({"b"}),
+    sync_confirmed_lsn=Lsn(5_000),  # read once b showed as synchronous
+)
+
+# fmt: off
+# One scenario per row: id, view, the exact actions, a phrase of the reason[, now].
+BOOTSTRAP_AND_CLONE = [
+    case("race-to-bootstrap", view("a", cluster(initialize=None), EMPTY),
+         (AcquireLease(), Bootstrap()), "racing to bootstrap"),
+    case("other-bootstraps", view("a", cluster(leader="b", initialize=None), EMPTY), (),
+         "waiting for b to bootstrap"),
+    case("lease-won-bootstraps", view("a", cluster(leader="a", initialize=None), EMPTY, HOLDS),
+         (Bootstrap(),), "I hold the lease of an uninitialized"),
+    case("older-session-lease", view("a", cluster(leader="a", initialize=None), EMPTY), (),
+         "waiting for a to bootstrap"),
+    case("clone-running-leader", under("b", EMPTY), (Clone("b"),),
+         "creating a replica from the leader b"),
+    case("leader-starting",
+         view("a", cluster(leader="b", infos=[member("b", state=PgState.STARTING)]), EMPTY), (),
+         "waiting for the leader b to run"),
+    case("leader-unpublished", view("a", cluster(leader="b"), EMPTY), (),
+         "waiting for the leader b to run"),
+    case("no-leader-to-clone", view("a", cluster("b"), EMPTY), (), "no leader to clone from"),
+    case("leader-records-initialize",
+         view("a", cluster(leader="a", initialize=None), primary(), HOLDS), (RecordInitialize(),),
+         "recording the cluster's system identifier"),
+    case("wiped-store-primary-claims", view("a", cluster(initialize=None), primary()),
+         (AcquireLease(), RecordInitialize()), "my data becomes the cluster"),
+    case("foreign-under-leader", under("b", FOREIGN), (), "belongs to another cluster"),
+    case("foreign-no-leader", race(FOREIGN), (), "belongs to another cluster"),
+    case("foreign-holding-lease", lead(FOREIGN), (), "belongs to another cluster"),
+    case("foreign-replica", race(replica("b", system_identifier=OTHER_CLUSTER_ID)), (),
+         f"system identifier {OTHER_CLUSTER_ID}, cluster {CLUSTER_ID}"),
 ]
 
-LATE = NOW - 3.0  # confirmed 3 s ago: with ttl 4 and margin 1 the deadline is exactly NOW
-FENCING = [
-    case(
-        view("a", cluster(leader="a"), primary(), lease(holds=True, session=SessionState.LOST)),
-        (Fence(),),
-        "my consensus-store session expired",
-        id="session-lost",
-    ),
-    case(
-        view("a", cluster(leader="b"), primary()),
-        (Fence(),),
-        "b holds the leader lease",
-        id="another-leader",
-    ),
-    case(
-        view("a", cluster(leader="b"), primary(pg=PgState.STARTING, in_recovery=None)),
-        (Fence(),),
-        "b holds the leader lease",
-        id="another-leader-while-starting",
-    ),
-    case(
-        view("a", cluster(leader="a"), primary()),
-        (Fence(),),
-        "the leader lease belongs to an older session of mine",
-        id="stale-lease-of-mine",
-    ),
-    case(
-        view("a", cluster(leader="a"), primary(), lease(holds=True, confirmed_at=LATE)),
-        (Fence(),),
-        "cannot confirm my leader lease before its deadline",
-        id="deadline-reached",
-    ),
-    case(
-        view("a", cluster(leader="a"), primary(), lease(holds=True, confirmed_at=LATE)),
-        (UpdateOptime(Lsn(5_000)), EnsureSlots(frozenset())),
-        "I am the leader",
-        now=NOW - 0.001,
-        id="just-before-deadline",
-    ),
-    case(
-        view("a", cluster(leader="a"), primary(), lease(holds=True, timeout=2.0)),
-        (Fence(),),
-        "before its deadline",
-        now=NOW + 0.5,
-        id="session-timeout-shorter-than-ttl",
-    ),
-    case(
-        view("a", cluster(leader="a"), primary(), lease(holds=True, confirmed_at=None)),
-        (Fence(),),
-        "before its deadline",
-        id="never-confirmed",
-    ),
-    case(
-        view("a", cluster(), primary(), lease(confirmed_at=None)),
-        (Fence(),),
-        "before its deadline",
-        id="no-leader-unconfirmed-primary",
-    ),
-    case(
-        view(
-            "a",
-            cluster(leader="a", config=PAUSED),
-            primary(),
-            lease(holds=True, confirmed_at=NOW - 20),
-        ),
-        (UpdateOptime(Lsn(5_000)),),
-        "paused",
-        id="paused-keeps-late-primary",
-    ),
-    case(
-        view("a", cluster(leader="b", config=PAUSED), primary()),
-        (Fence(),),
-        "b holds the leader lease",
-        id="paused-still-fences-under-another-leader",
-    ),
-    case(
-        view("a", cluster(config=PAUSED), primary(), lease(session=SessionState.LOST)),
-        (Fence(),),
-        "session expired",
-        id="paused-still-fences-lost-session",
-    ),
-    case(
-        view("a", cluster(leader="a"), replica("b"), lease(holds=True, confirmed_at=None)),
-        (),
-        "I hold the lease but cannot confirm it in time; not promoting",
-        id="unconfirmed-lease-holder-does-not-promote",
-    ),
-    case(
-        view("a", cluster(leader="a"), replica("b"), lease(holds=True, confirmed_at=LATE)),
-        (),
-        "cannot confirm it in time; not promoting",
-        id="late-lease-holder-does-not-promote",
-    ),
-    case(
-        view("a", cluster(leader="a"), replica("b"), lease(holds=True, confirmed_at=LATE)),
-        (Promote(),),
-        "I hold the leader lease; promoting",
-        now=NOW - 0.001,
-        id="lease-holder-promotes-before-deadline",
-    ),
+LEADER = [
+    case("healthy-primary", lead(primary(5_000)), (UpdateOptime(Lsn(5_000)), SLOTS),
+         "I am the leader, a healthy primary on timeline 3"),
+    case("position-unknown", lead(primary(wal_position=None)), (SLOTS,), "I am the leader"),
+    case("sync-requires-standby",
+         lead(primary(5_000, standbys=(B_STREAMS,)), config=SYNC_ON, sync=SYNC_KEY_4),
+         (UpdateOptime(Lsn(5_000)), SLOTS, SetSyncStandbys(frozenset({"b"}))),
+         "healthy primary on timeline 3; requiring new synchronous standbys"),
+    case("sync-lists-caught-up",
+         lead(B_CAUGHT_UP, config=SYNC_ON, sync=SYNC_KEY_4),
+         (UpdateOptime(Lsn(5_100)), SLOTS, SetSyncKey(frozenset({"b"}), 4)),
+         "new synchronous standbys caught up"),
+    case("promote-in-recovery", lead(replica("c")), (Promote(),),
+         "I hold the leader lease; promoting"),
+    case("unconfirmed-holder-waits",
+         lead(replica("c"), the_lease=lease(holds=True, confirmed_at=None)), (),
+         "cannot confirm it in time; not promoting"),
+    case("late-holder-waits", lead(replica("c"), the_lease=lease(holds=True, confirmed_at=LATE)),
+         (), "cannot confirm it in time; not promoting"),
+    case("holder-promotes-in-time",
+         lead(replica("c"), the_lease=lease(holds=True, confirmed_at=LATE)), (Promote(),),
+         "promoting", NOW - 0.001),
+    case("not-answering-sql", lead(replica(None, in_recovery=None)), (), "does not answer SQL yet"),
+    case("starting", lead(primary(pg=PgState.STARTING, in_recovery=None)), (),
+         "waiting for PostgreSQL to start"),
+    case("paused-primary", lead(primary(7_000), config=PAUSED), (UpdateOptime(Lsn(7_000)),),
+         "paused: I hold the lease and change nothing"),
+    case("paused-stopped", lead(stopped(), config=PAUSED), (), "paused"),
+    case("stopped-starts", lead(stopped()), (StartPostgres(),),
+         "PostgreSQL is stopped; starting it"),
 ]
+
+FOLLOW = [
+    case("healthy-replica", under("b", replica("b")), (), "a healthy replica following b"),
+    case("refollow-new-leader", under("b", replica("c")), (Follow("b"),),
+         "following the new leader b"),
+    case("standby-without-upstream", under("b", replica(None)), (Follow("b"),),
+         "following the new leader b"),
+    case("stopped-replica-starts", under("b", stopped("b")), (Follow("b"),),
+         "starting as a replica of b"),
+    case("crashed-replica-of-old-leader", under("b", stopped("c", pg=PgState.CRASHED)),
+         (Follow("b"),), "starting as a replica of b"),
+    case("starting-replica", under("b", replica("c", pg=PgState.STARTING)), (),
+         "waiting for PostgreSQL to start; b is the leader"),
+    case("former-primary-rewinds", under("b", stopped()), (Rewind("b"),),
+         "rejoining b as a replica: rewinding first"),
+    case("failed-rewind-reclones", under("b", stopped(rejoin_failed=True)), (Clone("b"),),
+         "rewind failed earlier; re-cloning from b"),
+    case("rewind-waits-for-leader",
+         under("b", stopped(), infos=[member("b", state=PgState.STOPPED)]), (),
+         "waiting for the leader b to run"),
+    case("my-older-session-leads", under("a", replica("b")), (),
+         "waiting for the lease of my previous session to expire"),
+    case("lost-session-replica-follows", view("a", cluster(*ABC, leader="b"), replica("b"), LOST),
+         (), "a healthy replica following b"),
+]
+
+RACE = [
+    case("most-wal-wins", race(peers={"a": None, "c": 200}), WIN,
+         "best healthy candidate at 0/12C"),
+    case("behind-a-peer", race(peers={"c": 400}), (), "c is a better candidate at 0/190"),
+    case("tie-smaller-name-wins", race(peers={"a": None, "c": 300}), WIN, "best healthy"),
+    case("tie-larger-name-yields", race(me="c", peers={"b": 300}), (), "b is a better candidate"),
+    case("tie-higher-priority-wins", race(peers={"c": 300}, infos=(member("c", tags=PRIO2),)), (),
+         "c is a better candidate"),
+    case("priority-beats-name",
+         race(replica("a", 300, tags=PRIO2), peers={"a": 300}, infos=(member("b", tags=PRIO2),)),
+         WIN, "best healthy"),
+    case("ranked-by-published-priority", race(replica("a", 300, tags=PRIO2), peers={"a": 300}), (),
+         "a is a better candidate"),
+    case("nofailover-peer-ignored", race(peers={"c": 400}, infos=(member("c", tags=NO_FAILOVER),)),
+         WIN, "best healthy"),
+    case("my-nofailover", race(replica("a", 300, tags=NO_FAILOVER)), (),
+         "my nofailover tag keeps me out of the race"),
+    case("published-nofailover", race(peers={"c": 200}, infos=(member("b", tags=NO_FAILOVER),)), (),
+         "my nofailover tag"),
+    case("unreachable-peer-ignored", race(peers={"c": None}), WIN, "best healthy"),
+    case("unpublished-peer-ignored", race(peers={"x": 900}), WIN, "best healthy"),
+    case("unpublished-me-invisible",
+         view("b", cluster("a", "c"), replica("a", 900), peers={"c": 300}), (),
+         "my member key is not published yet; not racing"),
+    case("lag-at-the-limit", race(optime=Lsn(300 + (1 << 20))), WIN, "best healthy"),
+    case("lag-beyond-limit", race(optime=Lsn(301 + (1 << 20))), (),
+         "no leader, but I am 1048577 bytes behind its last position"),
+    case("ahead-of-optime", race(config=config(maximum_lag_on_failover=0), optime=Lsn(200)), WIN,
+         "best healthy"),
+    case("sync-mode-unlisted", race(config=SYNC_ON, sync=SyncState("a", frozenset({"c"}), 2)), (),
+         "only synchronous standbys may be promoted"),
+    case("sync-mode-listed-wins",
+         race(config=STRICT, sync=ONLY_B, peers={"c": 900}),
+         WIN, "best healthy"),
+    case("sync-mode-listed-peer-ahead",
+         race(config=SYNC_ON, sync=B_AND_C, peers={"c": 900}), (),
+         "c is a better candidate"),
+    case("failover-to-another", race(failover=FailoverRequest(None, "c")), (),
+         "a failover to c was requested"),
+    case("failover-to-me", race(failover=FailoverRequest(None, "b")), WIN,
+         "a failover to me was requested"),
+    case("switchover-without-target", race(failover=FailoverRequest("a", None)), WIN,
+         "best healthy"),
+    case("paused", race(config=PAUSED), (), "the cluster is paused; not racing"),
+    case("not-answering", race(replica("a", 300, in_recovery=None, wal_position=None)), (),
+         "my PostgreSQL does not answer; not racing"),
+    case("primary-takes-lease", race(primary(300)), (AcquireLease(),),
+         "no leader and I am the primary; taking the lease"),
+    case("cold-start-former-primary", race(stopped()), (AcquireLease(), StartPostgres()),
+         "I was the primary, taking the lease and starting PostgreSQL"),
+    case("cold-start-replica", race(stopped("a")), (StartPostgres(),),
+         "starting PostgreSQL to take part"),
+    case("crashed-replica-starts", race(stopped("a", pg=PgState.CRASHED)), (StartPostgres(),),
+         "starting PostgreSQL to take part"),
+]
+
+FENCING = [
+    case("session-lost", lead(primary(), the_lease=lease(holds=True, session=SessionState.LOST)),
+         (Fence(),), "my consensus-store session expired"),
+    case("another-leader", under("b", primary()), (Fence(),), "b holds the leader lease"),
+    case("another-leader-while-starting",
+         under("b", primary(pg=PgState.STARTING, in_recovery=None)), (Fence(),),
+         "b holds the leader lease"),
+    case("stale-lease-of-mine", under("a", primary()), (Fence(),),
+         "the leader lease belongs to an older session of mine"),
+    case("deadline-reached", lead(primary(), the_lease=lease(holds=True, confirmed_at=LATE)),
+         (Fence(),), "cannot confirm my leader lease before its deadline"),
+    case("just-before-deadline", lead(primary(), the_lease=lease(holds=True, confirmed_at=LATE)),
+         (UpdateOptime(Lsn(5_000)), SLOTS), "I am the leader", NOW - 0.001),
+    case("session-timeout-below-ttl", lead(primary(), the_lease=lease(holds=True, timeout=2.0)),
+         (Fence(),), "before its deadline", NOW + 0.5),
+    case("never-confirmed", lead(primary(), the_lease=lease(holds=True, confirmed_at=None)),
+         (Fence(),), "before its deadline"),
+    case("no-leader-unconfirmed-primary", view("a", cluster(), primary(), lease(confirmed_at=None)),
+         (Fence(),), "before its deadline"),
+    case("paused-keeps-late-primary",
+         lead(primary(), the_lease=lease(holds=True, confirmed_at=NOW - 20), config=PAUSED),
+         (UpdateOptime(Lsn(5_000)),), "paused"),
+    case("paused-fences-under-another-leader", under("b", primary(), config=PAUSED), (Fence(),),
+         "b holds the leader lease"),
+    case("paused-fences-lost-session", view("a", cluster(config=PAUSED), primary(), LOST),
+         (Fence(),), "session expired"),
+]
+
+# fmt: on
 
 
 @pytest.mark.parametrize(
-    ("the_view", "now", "actions", "phrase"),
-    BOOTSTRAP + FOREIGN_DATA + LEADER + CRASHES + FOLLOW + RACE + FENCING,
+    ("the_view", "now", "actions", "phrase"), BOOTSTRAP_AND_CLONE + LEADER + FOLLOW + RACE + FENCING
 )
 def test_scenario(
     the_view: ClusterView, now: float, actions: tuple[Action, ...], phrase: str
 ) -> None:
-    check(the_view, now, actions, phrase)
+    decision = decide(the_view, now)
+    assert decision.actions == actions
+    assert phrase in decision.reason
 
 
-@pytest.mark.xfail(strict=True, reason="a failover to a member behind another one deadlocks")
-def test_requested_failover_to_a_member_behind_another_still_promotes_someone() -> None:
+@pytest.mark.parametrize("crashes", range(MAX_CRASH_RESTARTS + 3))
+def test_lease_holder_restarts_a_crashing_postgres_then_releases_the_lease(crashes: int) -> None:
+    decision = decide(lead(crashed(crashes)), NOW)
+    if crashes < MAX_CRASH_RESTARTS:
+        assert decision.actions == (StartPostgres(),)
+        assert "PostgreSQL crashed; starting it" in decision.reason
+    else:
+        assert decision.actions == (ReleaseLease(),)
+        assert f"PostgreSQL failed {crashes} times in a row; releasing the lease" in decision.reason
+
+
+def test_requested_failover_to_a_member_behind_another_promotes_the_requested_one() -> None:
     state = cluster(*ABC, failover=FailoverRequest(None, "b"))
     b = decide(view("b", state, replica("a", 300), peers={"c": 400}), NOW)
     c = decide(view("c", state, replica("a", 400), peers={"b": 300}), NOW)
-    assert b.promotes or c.promotes
+    assert b.actions == (AcquireLease(), Promote())
+    assert "a failover to me was requested" in b.reason
+    assert not c.promotes
 
 
 # ------------------------------------------------------------------ properties
-def promoters(decisions: dict[str, Decision]) -> list[str]:
-    return [name for name, decision in decisions.items() if decision.promotes]
-
-
 def unconditional(decision: Decision) -> bool:
     """Promotes without winning the lease first in the same decision."""
     for action in decision.actions:
@@ -610,19 +331,21 @@ def unconditional(decision: Decision) -> bool:
     return False
 
 
-@settings(max_examples=2000)
+@settings(max_examples=1500)
 @given(worlds())
 def test_at_most_one_member_promotes(world: World) -> None:
     """Same snapshot, arbitrary local states, true peer positions: one promoter at most."""
     decisions = world.decisions()
-    assert len(promoters(decisions)) <= 1, decisions
+    assert sum(d.promotes for d in decisions.values()) <= 1, decisions
 
 
-@settings(max_examples=600)
+@settings(max_examples=500)
 @given(worlds(), st.data())
 def test_only_the_lease_holder_promotes_unconditionally(world: World, data: st.DataObject) -> None:
-    """Whatever peers report (or fail to), a promotion without AcquireLease is the leader's."""
+    """Whatever peers report (or fail to), a promotion without AcquireLease is the leader's,
+    and happens only before its lease deadline (no other member can hold the lease yet)."""
     names = [*world.cluster.members, *NAMES]
+    config = world.cluster.config
     unguarded = []
     for agent in world.agents:
         peers = data.draw(st.dictionaries(st.sampled_from(names), st.one_of(st.none(), lsns)))
@@ -632,15 +355,13 @@ def test_only_the_lease_holder_promotes_unconditionally(world: World, data: st.D
             assert world.cluster.leader is not None
             assert world.cluster.leader.name == agent.name
             assert agent.lease.holds
-            # and only while nobody else can have taken the lease (invariant 1)
-            config = world.cluster.config
             deadline = agent.lease.deadline(config.ttl, config.safety_margin)
             assert deadline is not None
             assert world.now < deadline
     assert len(unguarded) <= 1
 
 
-@settings(max_examples=1200)
+@settings(max_examples=1000)
 @given(
     st.sampled_from(NAMES[:3]),
     worlds(max_members=3),
@@ -651,24 +372,26 @@ def test_only_the_lease_holder_promotes_unconditionally(world: World, data: st.D
 def test_a_primary_that_cannot_confirm_its_lease_is_fenced(
     me: str, world: World, local: LocalState, the_lease: Lease, now: float
 ) -> None:
+    """Session lost, another leader, or (not paused) a passed or unknown deadline: a
+    PostgreSQL that may take writes is stopped; a lease holder in time keeps writing."""
     the_view = ClusterView(me, world.cluster, local, the_lease, world.true_peers(me))
     decision = decide(the_view, now)
-    state, lease_now = the_view.cluster, the_view.lease
-    if not may_take_writes(the_view.local):
+    state = the_view.cluster
+    if not may_take_writes(local):
         assert Fence() not in decision.actions
         return
-    deadline = lease_now.deadline(state.config.ttl, state.config.safety_margin)
+    deadline = the_lease.deadline(state.config.ttl, state.config.safety_margin)
     late = deadline is None or now >= deadline
     leader = state.leader.name if state.leader is not None else None
     must_fence = (
-        lease_now.session is SessionState.LOST
+        the_lease.session is SessionState.LOST
         or (leader is not None and leader != me)
         or (late and not state.config.paused)
     )
     if must_fence:
         assert decision.actions == (Fence(),), decision
         assert not decision.keeps_writes
-    if leader == me and lease_now.holds and not must_fence:
+    elif leader == me and the_lease.holds:
         assert decision.keeps_writes, decision
 
 
@@ -679,7 +402,7 @@ def test_world_strategy_reaches_races_and_lease_promotions() -> None:
     """The properties above are not vacuous: the strategy produces both kinds of promotion."""
 
     def racing_winner(world: World) -> bool:
-        return any(d.actions[:2] == (AcquireLease(), Promote()) for d in world.decisions().values())
+        return any(d.actions[:2] == WIN for d in world.decisions().values())
 
     def lease_promotion(world: World) -> bool:
         return any(d.actions == (Promote(),) for d in world.decisions().values())
@@ -689,11 +412,4 @@ def test_world_strategy_reaches_races_and_lease_promotions() -> None:
         return yields and racing_winner(world)
 
     for condition in (racing_winner, lease_promotion, contested_race):
-        found = find(worlds(), condition, settings=GENERATE_ONLY)
-        assert condition(found)
-
-
-def test_scenario_views_are_not_mutated() -> None:
-    """Decisions are pure: deciding twice on the same view gives the same answer."""
-    the_view = race(peers={"a": None, "c": 200})
-    assert decide(the_view, NOW) == decide(replace(the_view), NOW)
+        assert condition(find(worlds(), condition, settings=GENERATE_ONLY))

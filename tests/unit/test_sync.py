@@ -342,7 +342,7 @@ def holds_acknowledged_commits(local: LocalState, name: str) -> bool:
     )
 
 
-@settings(max_examples=1500)
+@settings(max_examples=1200)
 @given(sync_views())
 def test_sync_key_never_lists_a_standby_that_may_lack_commits(the_view: ClusterView) -> None:
     key, local = the_view.cluster.sync.members, the_view.local
@@ -389,7 +389,7 @@ def settle(the_view: ClusterView) -> ClusterView:
     return replace(the_view, local=replace(local, standbys=seen, sync_confirmed_lsn=confirmed))
 
 
-@settings(max_examples=600)
+@settings(max_examples=500)
 @given(sync_views())
 def test_sync_converges_and_every_listed_standby_stays_safe(the_view: ClusterView) -> None:
     """From a consistent start (the key lists only standbys holding every acknowledged

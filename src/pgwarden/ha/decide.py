@@ -189,6 +189,12 @@ def _race(view: ClusterView) -> Decision:
     if cluster.optime is not None and cluster.optime - position > config.maximum_lag_on_failover:
         lag = cluster.optime - position
         return Decision((), f"no leader, but I am {lag} bytes behind its last position")
+    if request is not None and request.to == view.me:
+        # The named member does not defer to better peers: they all defer to it.
+        return Decision(
+            (AcquireLease(), Promote()),
+            f"no leader; a failover to me was requested, taking the lease at {position}",
+        )
     # Peers rank me by my published tags; so must I, or two members could each win.
     mine = (position, published.tags.failover_priority, view.me)
     for name, peer_position in sorted(view.peers.items()):

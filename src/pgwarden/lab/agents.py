@@ -9,18 +9,31 @@ as root. Every process of the lab carries `LAB_PGWARDEN_ID` in its environment, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pgwarden.lab.net import free_port
-from pgwarden.lab.procs import LabError, Registry, is_running, log_tail, spawn
+from pgwarden.lab.postgres import PgMember
+from pgwarden.lab.procs import (
+    LabError,
+    Registry,
+    is_running,
+    log_tail,
+    spawn,
+    start_ticks,
+    tagged_processes,
+)
 from pgwarden.retry import DeadlineExceededError, poll_until
 
 # Not PGWARDEN_*: the PostgreSQL launcher drops PG* variables from its environment.
@@ -142,3 +155,33 @@ def wait_formed(registry: Registry, members: list[dict[str, Any]], timeout: floa
             if registry.get(process_name(m["name"])) is not None
         )
         raise LabError(f"the agents did not form a cluster within {timeout:g} s\n{tails}") from None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def sweep(
+    lab_id: str, members: list[PgMember], postmaster_pid: Callable[[str], int | None]
+) -> list[str]:
+    """Kill what agents started that outlived them (tagged environment, postmaster.pid)."""
+    leftovers = set(tagged_processes(LAB_ID_ENV, lab_id))
+    for m in members:
+        pid = postmaster_pid(m.name)
+        if pid is not None and str(m.data_dir) in _cmdline(pid):
+            leftovers.add(pid)
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(
+                pid, signal.SIGKILL
+            )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = [p for p in leftovers if start_ticks(p) is not None]
+        if not alive:
+            return []
+        time.sleep(0.02)
+    return [f"processes {alive} survived SIGKILL"]

@@ -8,12 +8,10 @@ that created it died.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import stat
 import tempfile
 import threading
@@ -31,12 +29,11 @@ from pgwarden.lab.procs import (
     LabError,
     ProcessRecord,
     Registry,
-    is_running,
     os_user_ids,
     start_ticks,
     stop,
-    tagged_processes,
 )
+from pgwarden.lab.status import lab_status
 from pgwarden.logs import get_logger
 
 STATE_FILE = "lab.json"
@@ -257,26 +254,6 @@ class Lab:
             return None
         return pid if start_ticks(pid) is not None else None
 
-    def _sweep(self) -> list[str]:
-        """Kill what agents started that outlived them (tagged environment, postmaster.pid)."""
-        leftovers = set(tagged_processes(agents.LAB_ID_ENV, self.lab_id))
-        for m in self.members:
-            pid = self.postmaster_pid(m.name)
-            if pid is not None and str(m.data_dir) in _cmdline(pid):
-                leftovers.add(pid)
-        for pid in leftovers:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(
-                    pid, signal.SIGKILL
-                )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            alive = [p for p in leftovers if start_ticks(p) is not None]
-            if not alive:
-                return []
-            time.sleep(0.02)
-        return [f"processes {alive} survived SIGKILL"]
-
     def down(self, *, remove_files: bool = True) -> None:
         """Stop every process and remove every network cut; then delete the directory."""
         problems = []
@@ -295,7 +272,7 @@ class Lab:
             except LabError as exc:
                 problems.append(str(exc))
         if self.state.get("agents"):
-            problems += self._sweep()
+            problems += agents.sweep(self.lab_id, self.members, self.postmaster_pid)
         if problems:
             raise LabError("lab down left something behind: " + "; ".join(problems))
         if remove_files:
@@ -385,61 +362,7 @@ class Lab:
     # ----------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
         """Every service: what it is, where it listens, whether it runs, and its role."""
-        services: list[dict[str, Any]] = []
-        for node in self.zookeeper_nodes:
-            services.append(
-                self._service(node.process_name, "zookeeper", node.address)
-                | {"role": zookeeper.mode(node) or "down"}
-            )
-        if self.s3 is not None:
-            services.append(
-                self._service(s3.PROCESS_NAME, "s3", self.s3.url) | {"bucket": self.s3.bucket}
-            )
-        for m in self.members:
-            if self.state.get("agents"):
-                entry = self._service(agents.process_name(m.name), "agent", self.agent_url(m.name))
-                pid = self.postmaster_pid(m.name)
-                entry |= {
-                    "member": m.name,
-                    "postgres": f"{m.host}:{m.port}",
-                    "postmaster_pid": pid,
-                    "role": self._pg_role(m) if pid else "down",
-                }
-            else:
-                entry = self._service(m.process_name, "postgres", f"{m.host}:{m.port}")
-                entry |= {
-                    "member": m.name,
-                    "role": self._pg_role(m) if entry["running"] else "down",
-                }
-            services.append(entry)
-        return {
-            "lab_id": self.lab_id,
-            "directory": str(self.directory),
-            "zookeeper_hosts": self.zookeeper_hosts,
-            "s3_endpoint": self.s3.url if self.s3 else None,
-            "services": services,
-            "network_cuts": faults.lab_rules(self.lab_id),
-        }
-
-    def _service(self, name: str, kind: str, address: str) -> dict[str, Any]:
-        record = self.registry.get(name)
-        running = record is not None and is_running(record)
-        return {
-            "name": name,
-            "kind": kind,
-            "address": address,
-            "pid": record.pid if record else None,
-            "running": running,
-            "log": record.log if record else None,
-        }
-
-    def _pg_role(self, member: pg.PgMember) -> str:
-        try:
-            with psycopg.connect(member.conninfo(self.credentials), connect_timeout=2) as conn:
-                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-        except psycopg.Error:
-            return "not answering"
-        return "replica" if row and row[0] else "primary"
+        return lab_status(self)
 
 
 def scratch_directory(tag: str) -> Path:
@@ -448,13 +371,6 @@ def scratch_directory(tag: str) -> Path:
     # Reserved by name only: Lab.create makes it with the modes PostgreSQL needs.
     path.rmdir()
     return path
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def _stop_order(name: str) -> tuple[int, str]:

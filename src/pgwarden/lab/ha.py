@@ -1,4 +1,4 @@
-"""Helpers for multi-member scenarios: a lab with agents, faults aimed at members."""
+"""`HaCluster`: a lab with agents and the faults scenarios and benchmarks aim at members."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pgwarden.lab.procs import descendants, is_running
 from pgwarden.lab.writer import Report, Writer
 
 
-class Cluster:
+class HaCluster:
     """A lab with agents plus the helpers scenarios need."""
 
     def __init__(self, lab: Lab) -> None:
@@ -55,11 +55,15 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             primary = self.primary()
-            formed = primary is not None and len(self.replicas()) == len(self.names()) - 1
-            if formed and (not self.synchronous or self.sync_members(primary)):
+            if primary is not None and self._formed_around(primary):
                 return primary
             time.sleep(0.1)
         raise AssertionError(f"the cluster did not converge within {timeout} s")
+
+    def _formed_around(self, primary: str) -> bool:
+        if len(self.replicas()) != len(self.names()) - 1:
+            return False
+        return not self.synchronous or bool(self.sync_members(primary))
 
     def agent_pid(self, name: str) -> int:
         return self.lab.process(agents.process_name(name)).pid
@@ -97,7 +101,7 @@ class Cluster:
         agents.start_agent(self.lab.directory, self.lab.registry, self.lab.lab_id, name)
 
 
-def finish(cluster: Cluster, writer: Writer) -> Report:
+def finish(cluster: HaCluster, writer: Writer) -> Report:
     """Stop the writer once the cluster converged, and judge every acknowledged write."""
     primary = cluster.wait_converged()
     time.sleep(0.5)

@@ -1,0 +1,251 @@
+"""Random faults for M minutes under a writer: nothing acknowledged is lost, never two
+writable primaries, and no failover without a fault on the primary.
+
+One 3-member lab (synchronous mode on, default settings) and a writer committing on every
+member every 10 ms throughout. Every 15-30 s a random fault hits the current primary
+(three times in four) or a replica: host_loss, host_freeze, postgres_crash, agent_kill,
+agent_freeze (SIGSTOP of the agent for 2 x ttl) or zk_cut (the member cut off from
+ZooKeeper for 8 s). Each is recovered as in benchmarks/failover.py, and the cluster must
+converge again within 60 s; if it does not, the fault is recorded in `errors`, the lab is
+repaired (thaw, heal, restart dead agents) and the run goes on.
+
+A monitor thread polls which member serves /primary. A change of primary counts as a
+false failover unless it moves away from a primary that the latest fault hit.
+
+Prints JSON on stdout (and to --json FILE); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    CONVERGE_S,
+    FAULTS,
+    Bench,
+    Interrupted,
+    Outcome,
+    emit,
+    log,
+    max_gap,
+)
+
+from pgwarden.lab.ha import HaCluster, finish
+
+PRIMARY_SHARE = 0.75
+POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class Change:
+    at: float
+    old: str
+    new: str
+
+
+class PrimaryMonitor:
+    """Records every change of the member serving /primary (ignoring moments with none)."""
+
+    def __init__(self, cluster: HaCluster) -> None:
+        self.cluster = cluster
+        self.current: str | None = None
+        self.changes: list[Change] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="primary-monitor", daemon=True)
+
+    def start(self, primary: str) -> None:
+        self.current = primary
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def wait_seen(self, primary: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.current != primary and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_S):
+            try:
+                found = self.cluster.primary()
+            except Exception as exc:  # noqa: BLE001 - a monitor must outlive odd answers
+                log("monitor: primary lookup failed", error=exc)
+                continue
+            if found is not None and found != self.current:
+                assert self.current is not None
+                log("primary changed", old=self.current, new=found)
+                self.changes.append(Change(time.monotonic(), self.current, found))
+                self.current = found
+
+
+def false_failovers(
+    changes: list[Change], outcomes: list[Outcome], t0: float
+) -> list[dict[str, Any]]:
+    """Changes of primary not explained by a fault on the primary that was replaced."""
+    found = []
+    for change in changes:
+        cause = next((o for o in reversed(outcomes) if o.at <= change.at), None)
+        if cause is not None and cause.was_primary and cause.target == change.old:
+            continue
+        found.append(
+            {
+                "at_s": round(change.at - t0, 3),
+                "old": change.old,
+                "new": change.new,
+                "after_fault": None if cause is None else outcomes.index(cause),
+            }
+        )
+    return found
+
+
+def chaos(args: argparse.Namespace, bench: Bench, result: dict[str, Any]) -> None:
+    rng = random.Random(args.seed)
+    cluster = bench.cluster
+    monitor = PrimaryMonitor(cluster)
+    t0 = time.monotonic()
+    end = t0 + args.minutes * 60
+    outcomes: list[Outcome] = []
+    monitor.start(cluster.wait_converged(CONVERGE_S))
+    next_at = t0 + rng.uniform(5, 10)
+    consecutive_errors = 0
+    try:
+        while next_at < end:
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            primary = monitor.current
+            assert primary is not None
+            kind = rng.choice(FAULTS)
+            on_primary = rng.random() < PRIMARY_SHARE
+            target = (
+                primary
+                if on_primary
+                else rng.choice(sorted(n for n in cluster.names() if n != primary))
+            )
+            index = len(outcomes)
+            log("fault", n=index, kind=kind, target=target, was_primary=on_primary)
+            entry: dict[str, Any] = {
+                "kind": kind,
+                "target": target,
+                "was_primary": on_primary,
+                "failover": False,
+                "unavailable_s": None,
+            }
+            result["faults"].append(entry)
+            try:
+                outcome = bench.inject(kind, target, on_primary)
+                outcomes.append(outcome)
+                entry["at_s"] = round(outcome.at - t0, 3)
+                if outcome.unavailable_s is not None:
+                    entry["unavailable_s"] = round(outcome.unavailable_s, 3)
+                new = cluster.wait_converged(CONVERGE_S)
+                consecutive_errors = 0
+            except Exception as exc:  # noqa: BLE001 - recorded; the run goes on if it can
+                message = f"fault {index} ({kind} on {target}): {type(exc).__name__}: {exc}"
+                log("fault did not recover", error=message)
+                result["errors"].append(message)
+                entry["error"] = str(exc)
+                consecutive_errors += 1
+                if "at_s" not in entry:
+                    outcomes.append(Outcome(kind, target, on_primary, time.monotonic(), None))
+                try:
+                    new = bench.repair()
+                except Exception as again:  # noqa: BLE001
+                    result["errors"].append(f"repair after fault {index} failed: {again}")
+                    log("repair failed; stopping the chaos loop", error=again)
+                    return
+                if consecutive_errors >= 3:
+                    result["errors"].append("three faults in a row did not recover; stopped")
+                    return
+            entry["new_primary"] = new
+            entry["failover"] = new != primary
+            monitor.wait_seen(new)
+            log(
+                "recovered",
+                n=index,
+                unavailable_s=entry["unavailable_s"],
+                primary=new,
+                failover=entry["failover"],
+            )
+            next_at = max(outcomes[-1].at + rng.uniform(15, 30), time.monotonic() + 3)
+    finally:
+        monitor.stop()
+        result["false_failover_events"] = false_failovers(monitor.changes, outcomes, t0)
+        result["false_failovers"] = len(result["false_failover_events"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--minutes", type=float, required=True)
+    parser.add_argument("--seed", type=int, help="random seed (default: a random one)")
+    parser.add_argument("--json", type=Path, help="also write the result to this file")
+    parser.add_argument("--keep-lab", action="store_true", help="keep the lab's files")
+    args = parser.parse_args()
+    if args.minutes <= 0:
+        parser.error("--minutes must be positive")
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(2**31)
+
+    started = time.monotonic()
+    bench = Bench("chaos")
+    bench.keep_files = args.keep_lab
+    result: dict[str, Any] = {
+        "minutes": args.minutes,
+        "seed": args.seed,
+        "faults": [],
+        "lost_writes": None,
+        "split_brain": None,
+        "false_failovers": None,
+        "max_unavailable_s": None,
+        "acknowledged": None,
+        "settings": bench.settings,
+        "errors": [],
+    }
+    try:
+        with bench.running():
+            chaos(args, bench, result)
+            assert bench.writer is not None
+            report = finish(bench.cluster, bench.writer)
+            result["lost_writes"] = len(report.lost_writes)
+            result["split_brain"] = len(report.split_brain)
+            result["acknowledged"] = report.acknowledged
+            result["by_member"] = report.by_member
+            result["max_unavailable_s"] = round(max_gap(bench.writer), 3)
+            if report.lost_writes:
+                result["lost_ids_sample"] = report.lost_writes[:20]
+            if report.split_brain:
+                result["split_brain_pairs"] = report.split_brain
+            if (
+                result["errors"]
+                or report.lost_writes
+                or report.split_brain
+                or result["false_failovers"]
+            ):
+                bench.keep_files = True
+    except (KeyboardInterrupt, Interrupted) as exc:
+        log("interrupted; lab torn down", reason=exc or "Ctrl-C")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON; the lab is kept
+        result["errors"].append(f"{type(exc).__name__}: {exc}")
+        log("benchmark failed", error=exc)
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    result["lab_directory"] = bench.directory if bench.keep_files else None
+    emit(result, args.json)
+    failed = (
+        result["errors"]
+        or result["lost_writes"]
+        or result["split_brain"]
+        or result["false_failovers"]
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

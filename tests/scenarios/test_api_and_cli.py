@@ -1,0 +1,137 @@
+"""The agent's HTTP API and `pgwarden list` as load balancers and engineers use them, and a
+graceful stop of the primary's agent."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pgwarden.lab import Lab, LabSpec, agents, scratch_directory
+from pgwarden.lab.ha import HaCluster
+from pgwarden.lab.procs import is_running
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[HaCluster]:
+    lab = Lab.create(
+        scratch_directory("api"),
+        LabSpec(zookeeper_nodes=1, s3=False, postgres_nodes=3, agents=True),
+    )
+    try:
+        ha = HaCluster(lab)
+        ha.wait_converged()
+        yield ha
+    finally:
+        lab.down()
+
+
+def get(cluster: HaCluster, member: str, path: str) -> tuple[int, object]:
+    return agents.api_get(f"{cluster.lab.agent_url(member)}{path}")
+
+
+def pgwarden(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pgwarden", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_health_endpoints_answer_like_patroni(cluster: HaCluster) -> None:
+    primary = cluster.wait_converged()
+    replicas = [n for n in cluster.names() if n != primary]
+    expected = {
+        "/primary": (200, 503),
+        "/read-write": (200, 503),
+        "/replica": (503, 200),
+        "/replica?lag=16777216": (503, 200),
+        "/replica?lag=nonsense": (503, 503),
+        "/read-only": (200, 200),
+        "/health": (200, 200),
+        "/liveness": (200, 200),
+        "/readiness": (200, 200),
+    }
+    for path, (on_primary, on_replica) in expected.items():
+        assert get(cluster, primary, path)[0] == on_primary, path
+        for replica in replicas:
+            assert get(cluster, replica, path)[0] == on_replica, (path, replica)
+    _, body = get(cluster, primary, "/primary")
+    assert isinstance(body, dict)
+    assert body["role"] == "primary" and body["holds_lease"] is True
+    assert get(cluster, primary, "/nonexistent")[0] == 404
+
+
+def test_cluster_history_and_status_endpoints(cluster: HaCluster) -> None:
+    primary = cluster.wait_converged()
+    replica = next(n for n in cluster.names() if n != primary)
+    code, body = get(cluster, replica, "/cluster")
+    assert code == 200 and isinstance(body, dict)
+    assert body["leader"] == primary
+    assert sorted(body["members"]) == sorted(cluster.names())
+    code, history = get(cluster, replica, "/history")
+    assert code == 200 and history == []
+    code, status = get(cluster, replica, "/status")
+    assert code == 200 and isinstance(status, dict)
+    assert status["in_recovery"] is True
+    assert status["wal_position"] is not None
+
+
+def test_list_shows_every_member_with_its_role_and_decision(cluster: HaCluster) -> None:
+    primary = cluster.wait_converged()
+    config = str(cluster.lab.agent_config_path(primary))
+    done = pgwarden("list", "-c", config, "-o", "json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["leader"] == primary
+    roles = {m["member"]: m["role"] for m in data["members"]}
+    assert roles == {n: ("leader" if n == primary else "replica") for n in cluster.names()}
+    decisions = {m["member"]: m["decision"] for m in data["members"]}
+    assert decisions[primary].startswith("I am the leader")
+    text = pgwarden("list", "-c", config)
+    assert text.returncode == 0
+    assert f"cluster lab, leader {primary}" in text.stdout
+    assert "LAST DECISION" in text.stdout
+
+
+def test_list_with_zookeeper_unreachable_fails_in_one_sentence(tmp_path: Path, cluster) -> None:
+    config = yaml.safe_load(cluster.lab.agent_config_path("node1").read_text())
+    config["dcs"]["hosts"] = ["127.0.0.2:1"]
+    path = tmp_path / "unreachable.yml"
+    path.write_text(yaml.safe_dump(config))
+    started = time.monotonic()
+    done = pgwarden("list", "-c", str(path), timeout=30)
+    assert done.returncode == 1
+    assert time.monotonic() - started < 15
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+    assert "127.0.0.2:1" in lines[0]
+
+
+def test_sigterm_on_the_primary_hands_the_lease_over(cluster: HaCluster) -> None:
+    old = cluster.wait_converged()
+    record = cluster.lab.process(agents.process_name(old))
+    postmaster = cluster.lab.postmaster_pid(old)
+    stopped = time.monotonic()
+    cluster.kill_agent(old, signal.SIGTERM)
+    new = cluster.wait_primary(10, not_=old)
+    took = time.monotonic() - stopped
+    deadline = time.monotonic() + 10
+    while is_running(record) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not is_running(record), "the agent did not exit on SIGTERM"
+    assert cluster.lab.postmaster_pid(old) is None, f"postmaster {postmaster} still runs"
+    assert took < 4.0, f"the handover took {took:.1f} s, as long as a lease expiry"
+    cluster.restart_agent(old)
+    assert cluster.wait_converged(60) == new
