@@ -101,6 +101,7 @@ class Bench:
         self.frozen: dict[int, int | None] = {}  # pid -> start ticks when frozen
         self.cuts: list[faults.Cut] = []
         self.keep_files = False
+        self.t0 = time.monotonic()  # reset when the writer starts
 
     # ----------------------------------------------------------------- lifecycle
     @contextlib.contextmanager
@@ -144,6 +145,7 @@ class Bench:
         Writer.prepare(self.cluster.conninfo(primary))
         self.writer = Writer(self.cluster.names(), self.cluster.conninfo, interval=0.01)
         self.writer.start()
+        self.t0 = time.monotonic()
 
     def teardown(self) -> None:
         self.thaw_all()

@@ -9,8 +9,9 @@ ZooKeeper for 8 s). Each is recovered as in benchmarks/failover.py, and the clus
 converge again within 60 s; if it does not, the fault is recorded in `errors`, the lab is
 repaired (thaw, heal, restart dead agents) and the run goes on.
 
-A monitor thread polls which member serves /primary. A change of primary counts as a
-false failover unless it moves away from a primary that the latest fault hit.
+A change of primary is a move of the acknowledged commits from one member to another (the
+writer probes every member). It counts as a false failover unless it moves away from a
+primary that the latest fault hit.
 
 Prints JSON on stdout (and to --json FILE); logs go to stderr.
 """
@@ -20,14 +21,12 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from _common import (
-    CONVERGE_S,
     FAULTS,
     Bench,
     Interrupted,
@@ -37,54 +36,32 @@ from _common import (
     max_gap,
 )
 
-from pgwarden.lab.ha import HaCluster, finish
+from pgwarden.lab.writer import Writer
 
 PRIMARY_SHARE = 0.75
-POLL_S = 0.25
 
 
 @dataclass(frozen=True)
 class Change:
-    at: float
+    at: float  # when the new member acknowledged its first commit
     old: str
     new: str
 
 
-class PrimaryMonitor:
-    """Records every change of the member serving /primary (ignoring moments with none)."""
+def primary_changes(writer: Writer) -> list[Change]:
+    """Every move of the writes from one member to another, in acknowledgement order.
 
-    def __init__(self, cluster: HaCluster) -> None:
-        self.cluster = cluster
-        self.current: str | None = None
-        self.changes: list[Change] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="primary-monitor", daemon=True)
-
-    def start(self, primary: str) -> None:
-        self.current = primary
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def wait_seen(self, primary: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.current != primary and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def _run(self) -> None:
-        while not self._stop.wait(POLL_S):
-            try:
-                found = self.cluster.primary()
-            except Exception as exc:  # noqa: BLE001 - a monitor must outlive odd answers
-                log("monitor: primary lookup failed", error=exc)
-                continue
-            if found is not None and found != self.current:
-                assert self.current is not None
-                log("primary changed", old=self.current, new=found)
-                self.changes.append(Change(time.monotonic(), self.current, found))
-                self.current = found
+    The writer probes every member, so the member acknowledging commits is the one
+    that takes writes: the ground truth, unlike health endpoints answered from the
+    state of an agent's last HA tick.
+    """
+    changes = []
+    current: str | None = None
+    for ack in sorted(writer.snapshot(), key=lambda a: a.acked):
+        if current is not None and ack.member != current:
+            changes.append(Change(ack.acked, current, ack.member))
+        current = ack.member
+    return changes
 
 
 def false_failovers(
@@ -107,78 +84,82 @@ def false_failovers(
     return found
 
 
-def chaos(args: argparse.Namespace, bench: Bench, result: dict[str, Any]) -> None:
+def chaos(
+    args: argparse.Namespace, bench: Bench, result: dict[str, Any], outcomes: list[Outcome]
+) -> None:
+    """Inject faults until the time is up; `at_s` in the JSON counts from `t0`."""
     rng = random.Random(args.seed)
     cluster = bench.cluster
-    monitor = PrimaryMonitor(cluster)
-    t0 = time.monotonic()
+    t0 = bench.t0
     end = t0 + args.minutes * 60
-    outcomes: list[Outcome] = []
-    monitor.start(cluster.wait_converged(CONVERGE_S))
+    primary = bench.wait_settled()
     next_at = t0 + rng.uniform(5, 10)
     consecutive_errors = 0
-    try:
-        while next_at < end:
-            time.sleep(max(0.0, next_at - time.monotonic()))
-            primary = monitor.current
-            assert primary is not None
-            kind = rng.choice(FAULTS)
-            on_primary = rng.random() < PRIMARY_SHARE
-            target = (
-                primary
-                if on_primary
-                else rng.choice(sorted(n for n in cluster.names() if n != primary))
-            )
-            index = len(outcomes)
-            log("fault", n=index, kind=kind, target=target, was_primary=on_primary)
-            entry: dict[str, Any] = {
-                "kind": kind,
-                "target": target,
-                "was_primary": on_primary,
-                "failover": False,
-                "unavailable_s": None,
-            }
-            result["faults"].append(entry)
+    while next_at < end:
+        time.sleep(max(0.0, next_at - time.monotonic()))
+        index = len(outcomes)
+        try:
+            primary = bench.wait_settled()  # a false failover may have moved it since
+        except AssertionError as exc:
+            result["errors"].append(f"before fault {index}: {exc}")
+            log("not settled before a fault; repairing", error=exc)
             try:
-                outcome = bench.inject(kind, target, on_primary)
-                outcomes.append(outcome)
-                entry["at_s"] = round(outcome.at - t0, 3)
-                if outcome.unavailable_s is not None:
-                    entry["unavailable_s"] = round(outcome.unavailable_s, 3)
-                new = cluster.wait_converged(CONVERGE_S)
-                consecutive_errors = 0
-            except Exception as exc:  # noqa: BLE001 - recorded; the run goes on if it can
-                message = f"fault {index} ({kind} on {target}): {type(exc).__name__}: {exc}"
-                log("fault did not recover", error=message)
-                result["errors"].append(message)
-                entry["error"] = str(exc)
-                consecutive_errors += 1
-                if "at_s" not in entry:
-                    outcomes.append(Outcome(kind, target, on_primary, time.monotonic(), None))
-                try:
-                    new = bench.repair()
-                except Exception as again:  # noqa: BLE001
-                    result["errors"].append(f"repair after fault {index} failed: {again}")
-                    log("repair failed; stopping the chaos loop", error=again)
-                    return
-                if consecutive_errors >= 3:
-                    result["errors"].append("three faults in a row did not recover; stopped")
-                    return
-            entry["new_primary"] = new
-            entry["failover"] = new != primary
-            monitor.wait_seen(new)
-            log(
-                "recovered",
-                n=index,
-                unavailable_s=entry["unavailable_s"],
-                primary=new,
-                failover=entry["failover"],
-            )
-            next_at = max(outcomes[-1].at + rng.uniform(15, 30), time.monotonic() + 3)
-    finally:
-        monitor.stop()
-        result["false_failover_events"] = false_failovers(monitor.changes, outcomes, t0)
-        result["false_failovers"] = len(result["false_failover_events"])
+                primary = bench.repair()
+            except Exception as again:  # noqa: BLE001
+                result["errors"].append(f"repair before fault {index} failed: {again}")
+                return
+        kind = rng.choice(FAULTS)
+        on_primary = rng.random() < PRIMARY_SHARE
+        target = (
+            primary
+            if on_primary
+            else rng.choice(sorted(n for n in cluster.names() if n != primary))
+        )
+        log("fault", n=index, kind=kind, target=target, was_primary=on_primary)
+        entry: dict[str, Any] = {
+            "kind": kind,
+            "target": target,
+            "was_primary": on_primary,
+            "failover": False,
+            "unavailable_s": None,
+        }
+        result["faults"].append(entry)
+        try:
+            outcome = bench.inject(kind, target, on_primary)
+            outcomes.append(outcome)
+            entry["at_s"] = round(outcome.at - t0, 3)
+            if outcome.unavailable_s is not None:
+                entry["unavailable_s"] = round(outcome.unavailable_s, 3)
+            new = bench.wait_settled()
+            consecutive_errors = 0
+        except Exception as exc:  # noqa: BLE001 - recorded; the run goes on if it can
+            message = f"fault {index} ({kind} on {target}): {type(exc).__name__}: {exc}"
+            log("fault did not recover", error=message)
+            result["errors"].append(message)
+            entry["error"] = str(exc)
+            consecutive_errors += 1
+            if "at_s" not in entry:
+                outcomes.append(Outcome(kind, target, on_primary, time.monotonic(), None))
+            try:
+                new = bench.repair()
+            except Exception as again:  # noqa: BLE001
+                result["errors"].append(f"repair after fault {index} failed: {again}")
+                log("repair failed; stopping the chaos loop", error=again)
+                return
+            if consecutive_errors >= 3:
+                result["errors"].append("three faults in a row did not recover; stopped")
+                return
+        entry["new_primary"] = new
+        entry["failover"] = new != primary
+        log(
+            "recovered",
+            n=index,
+            unavailable_s=entry["unavailable_s"],
+            primary=new,
+            failover=entry["failover"],
+        )
+        primary = new
+        next_at = max(outcomes[-1].at + rng.uniform(15, 30), time.monotonic() + 3)
 
 
 def main() -> int:
@@ -210,9 +191,16 @@ def main() -> int:
     }
     try:
         with bench.running():
-            chaos(args, bench, result)
-            assert bench.writer is not None
-            report = finish(bench.cluster, bench.writer)
+            outcomes: list[Outcome] = []
+            try:
+                chaos(args, bench, result, outcomes)
+                report = bench.finish()
+            finally:
+                assert bench.writer is not None
+                changes = primary_changes(bench.writer)
+                events = false_failovers(changes, outcomes, bench.t0)
+                result["false_failover_events"] = events
+                result["false_failovers"] = len(events)
             result["lost_writes"] = len(report.lost_writes)
             result["split_brain"] = len(report.split_brain)
             result["acknowledged"] = report.acknowledged

@@ -36,17 +36,14 @@ from _common import (
     max_gap,
 )
 
-from pgwarden.lab.ha import finish
-
 TARGET_MEDIAN_S = {HOST_LOSS: 5.0, HOST_FREEZE: 5.0, POSTGRES_CRASH: 1.5}
 
 
 def run(args: argparse.Namespace, bench: Bench, result: dict[str, Any]) -> None:
-    cluster = bench.cluster
     runs: list[float | None] = result["runs"]
     for number in range(1, args.runs + 1):
         try:
-            old = cluster.wait_converged(CONVERGE_S)
+            old = bench.wait_settled()
         except AssertionError as exc:
             result["errors"].append(f"before run {number}: {exc}")
             log("not converged; repairing", error=exc)
@@ -59,7 +56,7 @@ def run(args: argparse.Namespace, bench: Bench, result: dict[str, Any]) -> None:
         if seconds is None:
             result["errors"].append(f"run {number}: no commit within {CONVERGE_S:g} s")
         try:
-            new = cluster.wait_converged(CONVERGE_S)
+            new = bench.wait_settled()
         except AssertionError as exc:
             result["errors"].append(f"run {number}: recovery did not converge: {exc}")
             log("recovery did not converge; repairing", run=number, error=exc)
@@ -99,7 +96,7 @@ def main() -> int:
         with bench.running():
             run(args, bench, result)
             assert bench.writer is not None
-            report = finish(bench.cluster, bench.writer)
+            report = bench.finish()
             result["lost_writes"] = len(report.lost_writes)
             result["split_brain"] = len(report.split_brain)
             result["acknowledged"] = report.acknowledged

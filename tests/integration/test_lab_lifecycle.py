@@ -17,14 +17,15 @@ import pytest
 from pgwarden.lab import Lab, LabError, LabSpec, scratch_directory
 from pgwarden.lab.faults import lab_rules
 from pgwarden.lab.net import is_listening
-from pgwarden.lab.procs import group_members, is_running
+from pgwarden.lab.procs import descendants, group_members, is_running, start_ticks
 
 pytestmark = pytest.mark.integration
 
 CREATOR = """
 import sys, time
 from pgwarden.lab import Lab, LabSpec
-lab = Lab.create(sys.argv[1], LabSpec(zookeeper_nodes=1, s3=True, postgres_nodes=2))
+agents = sys.argv[2] == "agents"
+lab = Lab.create(sys.argv[1], LabSpec(zookeeper_nodes=1, s3=True, postgres_nodes=2, agents=agents))
 lab.cut(lab.members[0].host, lab.members[1].host)
 print("ready", flush=True)
 time.sleep(600)
@@ -59,7 +60,14 @@ def assert_nothing_left(directory: Path, records, addresses, lab_id: str, tmp_be
         assert not is_listening(host, port), f"{host}:{port} still accepts connections"
     assert lab_rules(lab_id) == []
     assert not directory.exists()
-    new_entries = set(os.listdir(tempfile.gettempdir())) - tmp_before
+    # Only names the lab or its programs could create: other processes on the machine
+    # may write to the temp directory meanwhile.
+    suspects = ("pgwarden-", "hsperfdata_", "tmp", ".s.PGSQL", "zookeeper")
+    new_entries = {
+        name
+        for name in set(os.listdir(tempfile.gettempdir())) - tmp_before
+        if name.startswith(suspects)
+    }
     assert new_entries == set(), f"temp entries left behind: {sorted(new_entries)}"
 
 
@@ -69,9 +77,9 @@ def cleanup(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def start_creator(directory: Path) -> subprocess.Popen[str]:
+def start_creator(directory: Path, kind: str = "plain") -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", CREATOR, str(directory)],
+        [sys.executable, "-c", CREATOR, str(directory), kind],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -96,6 +104,33 @@ def test_lab_down_after_the_creating_process_was_killed() -> None:
         assert done.returncode == 0, done.stderr
         assert f"lab in {directory} is down" in done.stdout
         assert_nothing_left(directory, records, addresses, lab.lab_id, tmp_before)
+    finally:
+        creator.kill()
+        creator.wait()
+        cleanup(directory)
+
+
+def test_lab_down_finds_what_a_killed_agent_left_running() -> None:
+    tmp_before = set(os.listdir(tempfile.gettempdir()))
+    directory = scratch_directory("orphans")
+    creator = start_creator(directory, "agents")
+    try:
+        assert creator.stdout is not None
+        assert creator.stdout.readline().strip() == "ready"
+        creator.send_signal(signal.SIGKILL)
+        creator.wait(10)
+        lab = Lab.open(directory)
+        records, addresses = lab.registry.all(), listening_addresses(directory)
+        # An agent killed with SIGKILL leaves its postmaster and fence process behind.
+        agent = lab.process("agent-node1")
+        orphans = descendants(agent.pid)
+        assert lab.postmaster_pid("node1") in orphans
+        os.kill(agent.pid, signal.SIGKILL)
+        done = pgwarden("lab", "down", "--dir", str(directory))
+        assert done.returncode == 0, done.stderr
+        assert_nothing_left(directory, records, addresses, lab.lab_id, tmp_before)
+        alive = [pid for pid in orphans if start_ticks(pid) is not None]
+        assert alive == [], f"processes left behind: {alive}"
     finally:
         creator.kill()
         creator.wait()
@@ -154,14 +189,16 @@ def test_lab_cli_up_status_down() -> None:
     try:
         up = pgwarden("lab", "up", "--dir", str(directory), "--nodes", "2", "--zk-nodes", "3")
         assert up.returncode == 0, up.stderr
-        assert "node1" in up.stdout and "primary" in up.stdout
+        assert "node1" in up.stdout and "node2" in up.stdout and "primary" in up.stdout
         status = pgwarden("lab", "status", "--dir", str(directory), "-o", "json")
         assert status.returncode == 0, status.stderr
         data = json.loads(status.stdout)
         zk_roles = sorted(s["role"] for s in data["services"] if s["kind"] == "zookeeper")
         assert zk_roles == ["follower", "follower", "leader"]
-        pg_roles = {s["member"]: s["role"] for s in data["services"] if s["kind"] == "postgres"}
-        assert pg_roles == {"node1": "primary", "node2": "replica"}
+        agents = [s for s in data["services"] if s["kind"] == "agent"]
+        assert all(a["running"] and a["postmaster_pid"] for a in agents)
+        pg_roles = sorted(a["role"] for a in agents)
+        assert pg_roles == ["primary", "replica"]
         password = Lab.open(directory).credentials.superuser_password
         assert password not in status.stdout  # masked unless --show-secrets
         again = pgwarden("lab", "up", "--dir", str(directory))

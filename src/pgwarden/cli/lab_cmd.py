@@ -42,15 +42,42 @@ def lab_group() -> None:
     help="ZooKeeper servers: 1 (standalone) or 3 (ensemble); 0 for none.",
 )
 @click.option("--no-s3", is_flag=True, help="Do not start the S3 endpoint.")
+@click.option(
+    "--agents/--no-agents",
+    default=True,
+    show_default=True,
+    help="Run a pgwarden agent per member (they bootstrap the cluster), or plain "
+    "PostgreSQL with streaming replicas.",
+)
+@click.option(
+    "--sync",
+    "synchronous_mode",
+    type=click.Choice(["off", "on", "strict"]),
+    default="off",
+    show_default=True,
+    help="The agents' synchronous_mode.",
+)
 @click.option("--show-secrets", is_flag=True, help="Include the lab's generated passwords.")
 @output_option
 def lab_up(
-    directory: Path, nodes: int, zk_nodes: int, no_s3: bool, show_secrets: bool, output: str
+    directory: Path,
+    nodes: int,
+    zk_nodes: int,
+    no_s3: bool,
+    agents: bool,
+    synchronous_mode: str,
+    show_secrets: bool,
+    output: str,
 ) -> None:
     """Start a lab in DIR (new or empty) and wait until every service is ready."""
-    lab = Lab.create(
-        directory, LabSpec(zookeeper_nodes=zk_nodes, s3=not no_s3, postgres_nodes=nodes)
+    spec = LabSpec(
+        zookeeper_nodes=zk_nodes,
+        s3=not no_s3,
+        postgres_nodes=nodes,
+        agents=agents and nodes > 0,
+        synchronous_mode=synchronous_mode,
     )
+    lab = Lab.create(directory, spec)
     _show(lab, show_secrets, output)
 
 
