@@ -26,44 +26,20 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import IO
 
-
-def _start_ticks(pid: int) -> int | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(raw[raw.rindex(")") + 2 :].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
+from pgwarden.procfs import children, start_ticks
 
 
 def _kill(pid: int, ticks: int) -> str:
     """SIGKILL the postmaster and every child of it. PostgreSQL's children each lead a
     session of their own, so a process-group kill would miss them; stopping the
     postmaster first keeps it from starting new ones while we collect them."""
-    if _start_ticks(pid) != ticks:
+    if start_ticks(pid) != ticks:
         return f"fence: postmaster {pid} already gone"
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGSTOP)
-    for child in _children(pid):
+    for child in children(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
@@ -128,7 +104,7 @@ class FenceClient:
         return self._proc.poll() is None
 
     def arm(self, deadline: float, pid: int) -> None:
-        ticks = _start_ticks(pid)
+        ticks = start_ticks(pid)
         if ticks is None:
             return
         self._send(f"arm {deadline:.6f} {pid} {ticks}")

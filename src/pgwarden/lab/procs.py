@@ -21,6 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pgwarden.errors import PgwardenError
+from pgwarden.procfs import descendants, group_members, start_ticks
+
+__all__ = ["descendants", "group_members", "start_ticks"]  # re-exported for lab users
 
 
 class LabError(PgwardenError):
@@ -39,41 +42,9 @@ class ProcessRecord:
     stop_signal: int = signal.SIGTERM
 
 
-def start_ticks(pid: int) -> int | None:
-    """The process start time in clock ticks since boot, or None if it does not exist.
-
-    A zombie counts as gone: it no longer runs and only waits to be reaped.
-    """
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name is in parentheses and may contain spaces; fields follow the last ')'.
-    fields = raw[raw.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
 def is_running(record: ProcessRecord) -> bool:
     """Whether the recorded process still runs (same PID and same start time)."""
     return start_ticks(record.pid) == record.start_ticks
-
-
-def group_members(pgid: int) -> list[int]:
-    """PIDs of live (non-zombie) processes in process group `pgid`."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
 
 
 def tagged_processes(name: str, value: str) -> list[int]:
@@ -89,29 +60,6 @@ def tagged_processes(name: str, value: str) -> list[int]:
             continue
         if needle in environ.split(b"\0") and start_ticks(int(entry.name)) is not None:
             found.append(int(entry.name))
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    """Live descendants of `pid`, children first (PostgreSQL's children each lead their
-    own session, so a process-group signal misses them)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        if fields[0] not in ("Z", "X"):
-            parents.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: list[int] = []
-    queue = [pid]
-    while queue:
-        children = parents.get(queue.pop(0), [])
-        found.extend(children)
-        queue.extend(children)
     return found
 
 

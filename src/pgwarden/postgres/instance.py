@@ -20,10 +20,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import structlog
 
+from pgwarden import procfs
 from pgwarden.postgres import sql
 from pgwarden.postgres.conf import (
     Endpoint,
@@ -48,33 +49,6 @@ _ESCALATION_WAIT = 5.0
 
 class RewindError(PgError):
     """pg_rewind failed; the message ends with its output. Re-cloning is the way out."""
-
-
-class _Stat(NamedTuple):
-    comm: str
-    state: str
-    ppid: int
-    start_ticks: int
-
-
-def _stat(pid: int) -> _Stat | None:
-    """The process's name, state, group and start time from /proc; None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The name is in parentheses and may contain spaces; the fields follow the last ')'.
-    fields = raw[raw.rindex(")") + 2 :].split()
-    name = raw[raw.index("(") + 1 : raw.rindex(")")]
-    return _Stat(name, fields[0], int(fields[1]), int(fields[19]))
-
-
-def _alive(pid: int, start_ticks: int | None = None) -> bool:
-    """Whether `pid` runs (a zombie does not), and is the same process if ticks are given."""
-    st = _stat(pid)
-    if st is None or st.state in ("Z", "X"):
-        return False
-    return start_ticks is None or st.start_ticks == start_ticks
 
 
 class Instance:
@@ -111,14 +85,14 @@ class Instance:
 
     def postmaster_pid(self) -> int | None:
         """The running postmaster's PID (ours, or from postmaster.pid, verified), or None."""
-        if self._proc is not None and self._proc.poll() is None and _alive(self._proc.pid):
+        if self._proc is not None and self._proc.poll() is None and procfs.alive(self._proc.pid):
             return self._proc.pid
         try:
             pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
         except (FileNotFoundError, PermissionError, ValueError):
             return None
         self._reap(pid)
-        st = _stat(pid)
+        st = procfs.stat(pid)
         if st is None or st.state in ("Z", "X") or st.comm not in ("postgres", "postmaster"):
             return None
         try:
@@ -248,7 +222,7 @@ class Instance:
         pid = self.postmaster_pid()
         if pid is None:
             return
-        st = _stat(pid)
+        st = procfs.stat(pid)
         ticks = st.start_ticks if st else None
         started = time.monotonic()
         self._signal(pid, _STOP_SIGNALS[mode])
@@ -272,7 +246,7 @@ class Instance:
         pid = self.postmaster_pid()
         if pid is None:
             return
-        st = _stat(pid)
+        st = procfs.stat(pid)
         self._signal(pid, signal.SIGKILL, tree=True)
         gone = self._wait_gone(pid, st.start_ticks if st else None, 1.0)
         log.warning("postgres.killed", pid=pid, gone=gone)
@@ -288,7 +262,7 @@ class Instance:
             os.kill(pid, signal.SIGSTOP)
             try:
                 _wait_state(pid, "T", 0.2)
-                for child in _children(pid):
+                for child in procfs.children(pid):
                     with contextlib.suppress(ProcessLookupError):
                         (os.killpg if os.getpgid(child) == child else os.kill)(child, sig)
                 os.kill(pid, sig)
@@ -300,7 +274,7 @@ class Instance:
         deadline = time.monotonic() + timeout
         while True:
             self._reap(pid)
-            if not _alive(pid, start_ticks):
+            if not procfs.alive(pid, start_ticks):
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -483,14 +457,12 @@ def _tail(text: str, secrets: list[str], lines: int = 6) -> str:
     return " | ".join(kept) if kept else "(no output)"
 
 
-def _children(pid: int) -> list[int]:
-    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
-    return [child for child in pids if (st := _stat(child)) is not None and st.ppid == pid]
-
-
 def _wait_state(pid: int, state: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while (st := _stat(pid)) is not None and st.state != state and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        st = procfs.stat(pid)
+        if st is None or st.state == state:
+            return
         time.sleep(0.001)
 
 
