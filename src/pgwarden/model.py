@@ -201,12 +201,19 @@ class SyncState:
 
 @dataclass(frozen=True)
 class FailoverRequest:
-    """A requested switchover (planned, `from_` set) or failover (`to` set)."""
+    """A requested switchover (planned: `from_` is the leader it moves away from) or
+    manual failover (`from_` None, `to` set).
+
+    `handed_over` is set by the old leader once `to` has received all of its WAL after a
+    clean shutdown: `to` then holds every commit and may take the lease whatever its sync
+    or lag state. `allow_data_loss` lets a manual failover promote a lagging member."""
 
     from_: str | None
     to: str | None
     at: float | None = None  # wall-clock time not to act before
     version: int = -1
+    allow_data_loss: bool = False
+    handed_over: bool = False
 
 
 @dataclass(frozen=True)

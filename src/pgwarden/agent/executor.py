@@ -5,9 +5,12 @@ Each action is logged as one structured event carrying the decision's reason.
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psycopg
 from psycopg import sql as pgsql
@@ -155,6 +158,10 @@ class Executor:
                     self._start()
                 else:
                     sql.reload(self.instance.spec)
+            case act.HandOver(target=target, version=version):
+                return self._hand_over(cluster, target, version)
+            case act.ClearFailover(version=version):
+                self.store.clear_failover(version)
             case act.UpdateOptime(lsn=lsn):
                 if cluster.optime != lsn:
                     self.store.set_optime(lsn)
@@ -240,11 +247,65 @@ class Executor:
             self.store.clear_failover(cluster.failover.version)
         self._event("failover", {"new_leader": self.me, "old_leader": old})
 
+    def _hand_over(self, cluster: ClusterState, target: str, version: int) -> bool:
+        """Switchover without losing a commit or needing a rewind afterwards."""
+        request = cluster.failover
+        info = cluster.members.get(target)
+        if request is None or info is None:
+            raise ActionError(f"{target} or the switchover request vanished")
+        started = time.monotonic()
+        # A checkpoint now keeps the shutdown checkpoint, written while nothing can commit,
+        # short.
+        with sql.connect(self.instance.spec, timeout=5.0) as conn:
+            conn.execute("CHECKPOINT")
+        self.postmaster.stop("fast")
+        final = Lsn.parse(self.instance.controldata()["Latest checkpoint location"])
+        received = _wait_received(info.api_url, final, HANDOVER_TIMEOUT)
+        if not received:
+            log.error("switchover.aborted", target=target, final_lsn=str(final))
+            self._start()
+            self.store.clear_failover(version)
+            self._event("switchover", {"from": self.me, "to": target, "result": "aborted"})
+            return False
+        marked = replace(request, handed_over=True)
+        if not self.store.set_failover(marked, version):
+            raise ActionError("the switchover request changed while handing over")
+        # Rejoin as the target's replica without a rewind: it has all our WAL.
+        self._configure(cluster, target)
+        self.store.release_leader(self.me)
+        self.keeper.confirm()
+        log.info(
+            "switchover.handed_over",
+            target=target,
+            final_lsn=str(final),
+            seconds=round(time.monotonic() - started, 3),
+        )
+        self._event("switchover", {"from": self.me, "to": target, "lsn": str(final)})
+        return True
+
     def _event(self, kind: str, data: dict[str, object]) -> None:
         try:
             self.store.add_event(kind, data)
         except StoreError as exc:
             log.warning("event.not_recorded", kind=kind, error=str(exc))
+
+
+HANDOVER_TIMEOUT = 10.0
+
+
+def _wait_received(api_url: str, lsn: Lsn, timeout: float) -> bool:
+    """Whether the member behind `api_url` reports WAL beyond `lsn` within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{api_url}/status", timeout=1.0) as response:  # noqa: S310
+                position = json.loads(response.read()).get("wal_position")
+        except (urllib.error.URLError, OSError, ValueError):
+            position = None
+        if position is not None and Lsn.parse(str(position)) > lsn:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def _render_ssn(names: frozenset[str]) -> str:

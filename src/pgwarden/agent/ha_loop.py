@@ -144,9 +144,11 @@ class HaLoop:
         lease = self.keeper.snapshot()
         cluster = self.cluster
         peers = {}
-        if cluster.leader is None and local.running and local.in_recovery:
+        request = cluster.failover
+        handed_to_me = request is not None and request.to == self.me and request.handed_over
+        if cluster.leader is None and local.running and local.in_recovery and not handed_to_me:
             peers = self.peer_positions(cluster)
-        view = ClusterView(self.me, cluster, local, lease, peers)
+        view = ClusterView(self.me, cluster, local, lease, peers, wall=time.time())
         decision = decide(view, time.monotonic())
         routine = all(isinstance(a, UpdateOptime | EnsureSlots) for a in decision.actions)
         if not routine or decision.reason != self._last_reason:

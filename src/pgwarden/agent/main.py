@@ -198,6 +198,7 @@ class Agent:
         return {
             "name": self.me,
             "state": state.value if seen is not None else "not answering",
+            "replay_time": seen.replay_timestamp if seen else None,
             "in_recovery": seen.in_recovery if seen else None,
             "timeline": seen.timeline if seen else None,
             "wal_position": str(position) if position is not None else None,

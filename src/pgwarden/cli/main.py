@@ -7,6 +7,7 @@ import click
 from pgwarden import __version__
 from pgwarden.cli.agent_cmd import agent_command
 from pgwarden.cli.config_cmd import config_group
+from pgwarden.cli.ha_cmd import failover_command, switchover_command
 from pgwarden.cli.lab_cmd import lab_group
 from pgwarden.cli.list_cmd import list_command
 from pgwarden.errors import PgwardenError
@@ -42,6 +43,8 @@ cli.add_command(agent_command)
 cli.add_command(config_group)
 cli.add_command(lab_group)
 cli.add_command(list_command)
+cli.add_command(switchover_command)
+cli.add_command(failover_command)
 
 
 def main() -> None:

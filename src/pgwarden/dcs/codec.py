@@ -113,7 +113,15 @@ def decode_sync(key: str, raw: bytes, version: int) -> SyncState:
 
 # ---------------------------------------------------------------------------- failover
 def encode_failover(request: FailoverRequest) -> bytes:
-    return dump({"from": request.from_, "to": request.to, "at": request.at})
+    return dump(
+        {
+            "from": request.from_,
+            "to": request.to,
+            "at": request.at,
+            "allow_data_loss": request.allow_data_loss,
+            "handed_over": request.handed_over,
+        }
+    )
 
 
 def decode_failover(key: str, raw: bytes, version: int) -> FailoverRequest:
@@ -125,6 +133,8 @@ def decode_failover(key: str, raw: bytes, version: int) -> FailoverRequest:
             str(to) if to is not None else None,
             float(at) if at is not None else None,
             version,
+            allow_data_loss=bool(data.get("allow_data_loss", False)),
+            handed_over=bool(data.get("handed_over", False)),
         )
     except (ValueError, TypeError) as exc:
         raise _invalid(key, exc) from None

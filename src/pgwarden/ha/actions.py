@@ -72,6 +72,20 @@ class Follow:
 
 
 @dataclass(frozen=True)
+class HandOver:
+    """Switchover: checkpoint, stop cleanly, wait until `target` received all WAL, mark
+    the request handed over, release the lease and rejoin `target` without a rewind."""
+
+    target: str
+    version: int  # of the failover key, to mark it handed over with compare-and-set
+
+
+@dataclass(frozen=True)
+class ClearFailover:
+    version: int
+
+
+@dataclass(frozen=True)
 class UpdateOptime:
     lsn: Lsn
 
@@ -108,6 +122,8 @@ Action = (
     | StartPostgres
     | StopPostgres
     | Follow
+    | HandOver
+    | ClearFailover
     | UpdateOptime
     | EnsureSlots
     | SetSyncStandbys
@@ -129,4 +145,6 @@ class Decision:
     @property
     def keeps_writes(self) -> bool:
         """False if this decision stops a running primary from taking writes."""
-        return not any(isinstance(a, Fence | StopPostgres | Rewind | Clone) for a in self.actions)
+        return not any(
+            isinstance(a, Fence | StopPostgres | Rewind | Clone | HandOver) for a in self.actions
+        )

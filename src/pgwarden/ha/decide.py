@@ -19,23 +19,28 @@ from pgwarden.ha.actions import (
     AcquireLease,
     Action,
     Bootstrap,
+    ClearFailover,
     Clone,
     Decision,
     EnsureSlots,
     Fence,
     Follow,
+    HandOver,
     Promote,
     RecordInitialize,
     ReleaseLease,
     Rewind,
     StartPostgres,
+    StopPostgres,
     UpdateOptime,
 )
 from pgwarden.ha.sync import plan_sync
 from pgwarden.ha.view import ClusterView
-from pgwarden.model import Lsn, PgState, SyncMode
+from pgwarden.model import FailoverRequest, Lsn, PgState, Role, SyncMode
 
 MAX_CRASH_RESTARTS = 3
+# A failover request nobody acted on for this long no longer holds the election back.
+STALE_REQUEST_S = 30.0
 
 
 def _may_take_writes(view: ClusterView) -> bool:
@@ -70,6 +75,73 @@ def _fence(view: ClusterView, now: float) -> Decision | None:
             (Fence(),), "cannot confirm my leader lease before its deadline; stopping PostgreSQL"
         )
     return None
+
+
+def _active_request(view: ClusterView) -> FailoverRequest | None:
+    """The failover request to act on now: not scheduled later, not abandoned."""
+    request = view.cluster.failover
+    if request is None or request.at is None:
+        return request
+    if view.wall < request.at or view.wall - request.at > STALE_REQUEST_S:
+        return None
+    return request
+
+
+def _switchover_target(view: ClusterView, wanted: str | None) -> tuple[str | None, str]:
+    """The member to hand over to (the requested one, or the best), or None and why."""
+    cluster, local = view.cluster, view.local
+    limit = cluster.config.maximum_lag_on_failover
+    candidates: dict[str, tuple[Lsn, int, str]] = {}
+    refusals: dict[str, str] = {}
+    for name, info in cluster.members.items():
+        if name == view.me:
+            continue
+        position = info.wal_position
+        if info.role is not Role.REPLICA or info.state is not PgState.RUNNING:
+            refusals[name] = f"{name} is not a running replica"
+        elif info.tags.nofailover:
+            refusals[name] = f"{name} has the nofailover tag"
+        elif position is None:
+            refusals[name] = f"{name} has not published its WAL position"
+        elif local.wal_position is not None and local.wal_position - position > limit:
+            refusals[name] = (
+                f"{name} is {local.wal_position - position} bytes behind "
+                f"(maximum_lag_on_failover {limit})"
+            )
+        else:
+            candidates[name] = (position, info.tags.failover_priority, name)
+    if wanted is not None:
+        if wanted in candidates:
+            return wanted, ""
+        return None, refusals.get(wanted, f"{wanted} is not a member of the cluster")
+    if not candidates:
+        return None, "no replica is eligible"
+    best = max(candidates.values(), key=lambda c: (c[0], c[1], [-ord(ch) for ch in c[2]]))
+    return best[2], ""
+
+
+def _leader_request(view: ClusterView, request: FailoverRequest) -> Decision:
+    me = view.me
+    if request.to == me:
+        return Decision(
+            (ClearFailover(request.version),), "a failover to me was requested; I already lead"
+        )
+    if request.from_ is None:
+        return Decision(
+            (StopPostgres("fast"), ReleaseLease()),
+            f"a failover to {request.to} was requested; stepping down",
+        )
+    if request.from_ != me:
+        return Decision(
+            (ClearFailover(request.version),),
+            f"the switchover away from {request.from_} is stale; clearing it",
+        )
+    target, why = _switchover_target(view, request.to)
+    if target is None:
+        return Decision((ClearFailover(request.version),), f"switchover refused: {why}")
+    return Decision(
+        (HandOver(target, request.version),), f"switchover to {target} requested; handing over"
+    )
 
 
 def _uninitialized(view: ClusterView) -> Decision:
@@ -117,6 +189,9 @@ def _lead(view: ClusterView, now: float) -> Decision:
         if deadline is None or now >= deadline:
             return Decision((), "I hold the lease but cannot confirm it in time; not promoting")
         return Decision((Promote(),), "I hold the leader lease; promoting")
+    request = _active_request(view)
+    if request is not None:
+        return _leader_request(view, request)
     acts: list[Action] = []
     if local.wal_position is not None:
         acts.append(UpdateOptime(local.wal_position))
@@ -162,6 +237,9 @@ def _race(view: ClusterView) -> Decision:
     config = cluster.config
     if config.paused:
         return Decision((), "no leader, but the cluster is paused; not racing")
+    request = _active_request(view)
+    if request is not None and request.to is not None and request.to != view.me:
+        return Decision((), f"no leader; a failover to {request.to} was requested")
     if not local.running:
         if local.configured_leader is None:
             return Decision(
@@ -179,13 +257,22 @@ def _race(view: ClusterView) -> Decision:
         return Decision((), "no leader, but my member key is not published yet; not racing")
     if local.tags.nofailover or published.tags.nofailover:
         return Decision((), "no leader; my nofailover tag keeps me out of the race")
+    position = local.wal_position
+    if request is not None and request.to == view.me:
+        if request.handed_over:
+            return Decision(
+                (AcquireLease(), Promote()),
+                f"{request.from_} handed over to me after a clean shutdown; taking the lease",
+            )
+        if request.allow_data_loss:
+            return Decision(
+                (AcquireLease(), Promote()),
+                f"a failover to me was requested, allowing data loss; taking the lease at "
+                f"{position}",
+            )
     sync_only = config.synchronous_mode is not SyncMode.OFF
     if sync_only and view.me not in cluster.sync.members:
         return Decision((), "no leader; only synchronous standbys may be promoted")
-    request = cluster.failover
-    if request is not None and request.to is not None and request.to != view.me:
-        return Decision((), f"no leader; a failover to {request.to} was requested")
-    position = local.wal_position
     if cluster.optime is not None and cluster.optime - position > config.maximum_lag_on_failover:
         lag = cluster.optime - position
         return Decision((), f"no leader, but I am {lag} bytes behind its last position")

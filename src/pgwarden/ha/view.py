@@ -86,3 +86,5 @@ class ClusterView:
     # Fresh WAL positions from peers' APIs, asked only when there is no leader:
     # name -> position, or None when the peer did not answer or is not healthy.
     peers: Mapping[str, Lsn | None] = field(default_factory=dict)
+    # Wall-clock seconds, for the `at` of switchover requests (published by other hosts).
+    wall: float = 0.0
