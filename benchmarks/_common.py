@@ -86,7 +86,7 @@ class Outcome:
     target: str
     was_primary: bool
     at: float  # monotonic time of the fault
-    unavailable_s: float | None  # fault -> first commit acknowledged by any member
+    first_commit_s: float | None  # fault -> first commit acknowledged by any member
 
 
 class Bench:
@@ -248,67 +248,89 @@ class Bench:
         return self.writer.check(self.cluster.conninfo(primary))
 
     # ----------------------------------------------------------------- faults
-    def _stop_host(self, name: str) -> list[int]:
-        """SIGSTOP the agent and all its descendants; a second pass catches processes
-        forked while the first pass ran (a backend for a reconnecting client)."""
-        pids = self.cluster.signal_host(name, signal.SIGSTOP)
-        self.freeze(pids)
-        late = [p for p in descendants(pids[0]) if p not in self.frozen]
-        for pid in late:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
-        self.freeze(late)
-        return pids + late
+    def host_pids(self, name: str) -> list[int]:
+        """Every process of member `name`'s "host": the agent and its descendants (fence,
+        postmaster, backends) and, when the agent adopted a postmaster left running by
+        a previous agent (then no descendant of it), that postmaster and its children.
+        `HaCluster.host_processes` misses the adopted case."""
+        assert self.lab is not None
+        agent = self.cluster.agent_pid(name)
+        pids = [agent, *descendants(agent)]
+        postmaster = self.lab.postmaster_pid(name)
+        if postmaster is not None:
+            pids += [postmaster, *descendants(postmaster)]
+        return list(dict.fromkeys(pids))
+
+    def signal_host(self, name: str, sig: int) -> list[int]:
+        """Signal every process of the host, then once more any process it started while
+        the first pass ran (a backend for a reconnecting client)."""
+        done: list[int] = []
+        for _ in range(2):
+            for pid in self.host_pids(name):
+                if pid in done:
+                    continue
+                if sig == signal.SIGSTOP:
+                    self.freeze([pid])  # recorded first: teardown thaws it whatever happens
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                done.append(pid)
+        return done
 
     def inject(self, kind: str, target: str, was_primary: bool) -> Outcome:
         """Inject `kind` on member `target`, measure, and recover; the caller then waits
         for the cluster to converge.
 
         A fault on the primary lasts until any member acknowledges a commit again (the
-        measured time), bounded by FREEZE_LIMIT_S for freezes; a fault on a replica lasts
+        measured time), bounded by FREEZE_LIMIT_S for freezes; a killed agent stays dead
+        until another member takes writes (its PostgreSQL runs on until fenced); an agent
+        freeze lasts 2 x ttl and a cut from ZooKeeper ZK_CUT_S. A fault on a replica lasts
         at least 2 x ttl, so that its loss is noticed by the others.
         """
         assert self.writer is not None and self.lab is not None
         cluster, writer = self.cluster, self.writer
         ttl = self.settings["ttl"]
         hold = 0.0 if was_primary else 2 * ttl
-        unavailable: float | None
+        first: float | None
         if kind == HOST_LOSS:
-            cluster.signal_host(target, signal.SIGKILL)
+            self.signal_host(target, signal.SIGKILL)
             at = time.monotonic()
-            unavailable = writer.wait_for_commit_after(at, CONVERGE_S)
+            first = writer.wait_for_commit_after(at, CONVERGE_S)
             _sleep_until(at + hold)
             cluster.restart_agent(target)
         elif kind == HOST_FREEZE:
-            pids = self._stop_host(target)
+            pids = self.signal_host(target, signal.SIGSTOP)
             at = time.monotonic()
             try:
-                unavailable = writer.wait_for_commit_after(at, FREEZE_LIMIT_S)
+                first = writer.wait_for_commit_after(at, FREEZE_LIMIT_S)
                 _sleep_until(at + hold)
             finally:
                 self.thaw(pids)
-            if unavailable is None:
-                unavailable = writer.wait_for_commit_after(at, CONVERGE_S - FREEZE_LIMIT_S)
+            if first is None:
+                first = writer.wait_for_commit_after(at, CONVERGE_S - FREEZE_LIMIT_S)
         elif kind == POSTGRES_CRASH:
             cluster.kill_postgres(target)
             at = time.monotonic()
-            unavailable = writer.wait_for_commit_after(at, CONVERGE_S)
+            first = writer.wait_for_commit_after(at, CONVERGE_S)
         elif kind == AGENT_KILL:
             cluster.kill_agent(target, signal.SIGKILL)
             at = time.monotonic()
-            unavailable = writer.wait_for_commit_after(at, CONVERGE_S)
+            if was_primary:
+                # Its PostgreSQL keeps taking writes until the fence stops it: stay dead
+                # until another member takes writes, as a real crashed agent would.
+                _commit_elsewhere(writer, target, at, FREEZE_LIMIT_S)
+            first = writer.wait_for_commit_after(at, CONVERGE_S)
             _sleep_until(at + hold)
             cluster.restart_agent(target)
         elif kind == AGENT_FREEZE:
             pid = cluster.agent_pid(target)
-            os.kill(pid, signal.SIGSTOP)
             self.freeze([pid])
+            os.kill(pid, signal.SIGSTOP)
             at = time.monotonic()
             try:
                 _sleep_until(at + 2 * ttl)
             finally:
                 self.thaw([pid])
-            unavailable = writer.wait_for_commit_after(at, CONVERGE_S)
+            first = writer.wait_for_commit_after(at, CONVERGE_S)
         elif kind == ZK_CUT:
             cut = self.lab.cut(self.lab.member(target).host, ZOOKEEPER_ADDRESSES[0])
             self.cuts.append(cut)
@@ -318,10 +340,43 @@ class Bench:
             finally:
                 self.cuts.remove(cut)
                 self.lab.heal(cut)
-            unavailable = writer.wait_for_commit_after(at, CONVERGE_S)
+            first = writer.wait_for_commit_after(at, CONVERGE_S)
         else:
             raise ValueError(f"unknown fault {kind!r}")
-        return Outcome(kind, target, was_primary, at, unavailable)
+        return Outcome(kind, target, was_primary, at, first)
+
+
+def _commit_elsewhere(writer: Writer, member: str, since: float, timeout: float) -> bool:
+    """Wait until a member other than `member` acknowledges a commit sent after `since`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(a.member != member and a.sent >= since for a in writer.snapshot()[-200:]):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def first_committer(writer: Writer, since: float) -> str | None:
+    """The member that acknowledged the first commit sent after `since`."""
+    later = [a for a in writer.snapshot() if a.sent >= since]
+    return min(later, key=lambda a: a.acked).member if later else None
+
+
+def last_commit_by(writer: Writer, member: str, since: float) -> float | None:
+    """Seconds from `since` to the last commit `member` acknowledged after it."""
+    times = [a.acked for a in writer.snapshot() if a.member == member and a.acked >= since]
+    return max(times) - since if times else None
+
+
+def longest_gap(writer: Writer, start: float, end: float) -> float:
+    """The longest time without any acknowledged commit that overlaps [start, end]: from
+    the last commit before `start`, through the window, to `end`."""
+    times = sorted(a.acked for a in writer.snapshot())
+    before = [t for t in times if t < start]
+    points = [before[-1] if before else start]
+    points += [t for t in times if start <= t <= end]
+    points.append(end)
+    return max(b - a for a, b in itertools.pairwise(points))
 
 
 def _acked_by(writer: Writer, member: str, since: float, timeout: float) -> bool:

@@ -9,6 +9,15 @@ ZooKeeper for 8 s). Each is recovered as in benchmarks/failover.py, and the clus
 converge again within 60 s; if it does not, the fault is recorded in `errors`, the lab is
 repaired (thaw, heal, restart dead agents) and the run goes on.
 
+For a failover, `old_primary_last_commit_s` is the time from the fault to the last commit
+the old primary acknowledged; `commits_past_deadline` counts failovers where that exceeds
+ttl - safety_margin, the latest moment the fence allows.
+
+Per fault, `unavailable_s` is the longest time without any acknowledged commit from the
+fault until the cluster settled again, and `first_commit_s` the time from the fault to the
+first commit (an agent fault on the primary leaves its PostgreSQL taking writes until the
+fence stops it, so that one can be near 0).
+
 A change of primary is a move of the acknowledged commits from one member to another (the
 writer probes every member). It counts as a false failover unless it moves away from a
 primary that the latest fault hit.
@@ -32,7 +41,10 @@ from _common import (
     Interrupted,
     Outcome,
     emit,
+    first_committer,
+    last_commit_by,
     log,
+    longest_gap,
     max_gap,
 )
 
@@ -90,6 +102,7 @@ def chaos(
     """Inject faults until the time is up; `at_s` in the JSON counts from `t0`."""
     rng = random.Random(args.seed)
     cluster = bench.cluster
+    deadline_s = bench.settings["ttl"] - bench.settings["safety_margin"]
     t0 = bench.t0
     end = t0 + args.minutes * 60
     primary = bench.wait_settled()
@@ -125,12 +138,16 @@ def chaos(
         }
         result["faults"].append(entry)
         try:
+            assert bench.writer is not None
             outcome = bench.inject(kind, target, on_primary)
             outcomes.append(outcome)
             entry["at_s"] = round(outcome.at - t0, 3)
-            if outcome.unavailable_s is not None:
-                entry["unavailable_s"] = round(outcome.unavailable_s, 3)
+            if outcome.first_commit_s is not None:
+                entry["first_commit_s"] = round(outcome.first_commit_s, 3)
+                entry["first_commit_by"] = first_committer(bench.writer, outcome.at)
             new = bench.wait_settled()
+            gap = longest_gap(bench.writer, outcome.at, time.monotonic())
+            entry["unavailable_s"] = round(gap, 3)
             consecutive_errors = 0
         except Exception as exc:  # noqa: BLE001 - recorded; the run goes on if it can
             message = f"fault {index} ({kind} on {target}): {type(exc).__name__}: {exc}"
@@ -151,6 +168,14 @@ def chaos(
                 return
         entry["new_primary"] = new
         entry["failover"] = new != primary
+        if entry["failover"] and on_primary and outcomes and bench.writer is not None:
+            # The old primary must stop taking writes by its lease deadline, at most
+            # ttl - safety_margin after the fault.
+            last = last_commit_by(bench.writer, target, outcomes[-1].at)
+            if last is not None:
+                entry["old_primary_last_commit_s"] = round(last, 3)
+                if last > deadline_s:
+                    result["commits_past_deadline"] += 1
         log(
             "recovered",
             n=index,
@@ -160,6 +185,8 @@ def chaos(
         )
         primary = new
         next_at = max(outcomes[-1].at + rng.uniform(15, 30), time.monotonic() + 3)
+    # No fault fits before the end: the writer goes on, a failover now would be false.
+    time.sleep(max(0.0, end - time.monotonic()))
 
 
 def main() -> int:
@@ -185,6 +212,7 @@ def main() -> int:
         "split_brain": None,
         "false_failovers": None,
         "max_unavailable_s": None,
+        "commits_past_deadline": 0,
         "acknowledged": None,
         "settings": bench.settings,
         "errors": [],
@@ -215,6 +243,7 @@ def main() -> int:
                 or report.lost_writes
                 or report.split_brain
                 or result["false_failovers"]
+                or result["commits_past_deadline"]
             ):
                 bench.keep_files = True
     except (KeyboardInterrupt, Interrupted) as exc:

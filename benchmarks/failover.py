@@ -32,6 +32,8 @@ from _common import (
     Bench,
     Interrupted,
     emit,
+    first_committer,
+    last_commit_by,
     log,
     max_gap,
 )
@@ -41,6 +43,7 @@ TARGET_MEDIAN_S = {HOST_LOSS: 5.0, HOST_FREEZE: 5.0, POSTGRES_CRASH: 1.5}
 
 def run(args: argparse.Namespace, bench: Bench, result: dict[str, Any]) -> None:
     runs: list[float | None] = result["runs"]
+    deadline_s = bench.settings["ttl"] - bench.settings["safety_margin"]
     for number in range(1, args.runs + 1):
         try:
             old = bench.wait_settled()
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace, bench: Bench, result: dict[str, Any]) -> None:
         time.sleep(1.0)
         log("fault", run=number, kind=args.fault, target=old)
         outcome = bench.inject(args.fault, old, was_primary=True)
-        seconds = None if outcome.unavailable_s is None else round(outcome.unavailable_s, 3)
+        seconds = None if outcome.first_commit_s is None else round(outcome.first_commit_s, 3)
         runs.append(seconds)
         if seconds is None:
             result["errors"].append(f"run {number}: no commit within {CONVERGE_S:g} s")
@@ -61,9 +64,21 @@ def run(args: argparse.Namespace, bench: Bench, result: dict[str, Any]) -> None:
             result["errors"].append(f"run {number}: recovery did not converge: {exc}")
             log("recovery did not converge; repairing", run=number, error=exc)
             new = bench.repair()
-        result["details"].append(
-            {"run": number, "old_primary": old, "new_primary": new, "seconds": seconds}
-        )
+        assert bench.writer is not None
+        detail: dict[str, Any] = {
+            "run": number,
+            "old_primary": old,
+            "new_primary": new,
+            "first_commit_by": first_committer(bench.writer, outcome.at),
+            "seconds": seconds,
+        }
+        if new != old:
+            # The old primary must stop taking writes by its lease deadline.
+            last = last_commit_by(bench.writer, old, outcome.at)
+            detail["old_primary_last_commit_s"] = None if last is None else round(last, 3)
+            if last is not None and last > deadline_s:
+                result["commits_past_deadline"] += 1
+        result["details"].append(detail)
         log("run done", run=number, seconds=seconds, old=old, new=new)
 
 
@@ -87,6 +102,7 @@ def main() -> int:
         "max_s": None,
         "lost_writes": None,
         "split_brain": None,
+        "commits_past_deadline": 0,
         "acknowledged": None,
         "settings": bench.settings,
         "errors": [],
@@ -113,7 +129,8 @@ def main() -> int:
             missed = result["median_s"] is None or (
                 result["median_s"] > TARGET_MEDIAN_S[args.fault]
             )
-            if result["errors"] or report.lost_writes or report.split_brain or missed:
+            past = result["commits_past_deadline"]
+            if result["errors"] or report.lost_writes or report.split_brain or missed or past:
                 bench.keep_files = True
     except (KeyboardInterrupt, Interrupted) as exc:
         log("interrupted; lab torn down", reason=exc or "Ctrl-C")

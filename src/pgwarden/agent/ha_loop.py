@@ -68,6 +68,7 @@ class HaLoop:
         self.last: TickResult | None = None
         self._last_reason = ""
         self._follow_up = False
+        self.ticked_at: float | None = None  # monotonic end of the last completed tick
 
     # ----------------------------------------------------------------- observe
     def observe(self) -> LocalState:
@@ -168,6 +169,7 @@ class HaLoop:
             local = self.observe()
         self.publish(decision.reason, local)
         self.last = TickResult(view, decision.reason, acted)
+        self.ticked_at = time.monotonic()
         return self.last
 
     def publish(self, reason: str, local: LocalState) -> None:

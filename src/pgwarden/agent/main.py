@@ -20,6 +20,7 @@ from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.postmaster import Postmaster
 from pgwarden.config import Settings, read_password
 from pgwarden.config_types import split_host_port
+from pgwarden.dcs.base import SessionState
 from pgwarden.dcs.zookeeper import ZooKeeperStore
 from pgwarden.errors import PgwardenError
 from pgwarden.ha.fence import FenceClient
@@ -157,31 +158,49 @@ class Agent:
         return self.postmaster.pid
 
     def status(self) -> dict[str, Any]:
+        """What the health endpoints judge, observed now rather than at the last tick: a
+        fenced or freshly promoted member must not answer as what it was a second ago."""
         last = self.loop.last
         if last is None:
-            return {"name": self.me, "state": "starting", "ticked_at": 0}
-        local, cluster, lease = last.view.local, last.view.cluster, last.view.lease
-        role = (
-            "unknown"
-            if local.in_recovery is None
-            else ("replica" if local.in_recovery else "primary")
+            return {"name": self.me, "state": "starting", "ticked_at": None}
+        cluster = self.loop.cluster
+        config = cluster.config
+        lease = self.keeper.snapshot()
+        deadline = lease.deadline(config.ttl, config.safety_margin)
+        lease_fresh = (
+            lease.holds
+            and lease.session is SessionState.CONNECTED
+            and deadline is not None
+            and time.monotonic() < deadline
         )
+        state = self.postmaster.state
+        seen = sql.observe(self.instance.spec, timeout=0.5) if state is PgState.RUNNING else None
+        if seen is None:
+            role, position = "unknown", None
+        elif seen.in_recovery:
+            role = "replica"
+            values = [v for v in (seen.received_lsn, seen.replayed_lsn) if v is not None]
+            position = max(values) if values else None
+        else:
+            role, position = "primary", seen.current_lsn
         lag = None
-        if cluster.optime is not None and local.wal_position is not None:
-            lag = max(0, cluster.optime - local.wal_position)
+        if cluster.optime is not None and position is not None:
+            lag = max(0, cluster.optime - position)
         return {
             "name": self.me,
-            "state": local.pg.value,
+            "state": state.value
+            if seen is not None or state is not PgState.RUNNING
+            else "not answering",
             "role": role,
-            "timeline": local.timeline,
-            "wal_position": str(local.wal_position) if local.wal_position else None,
+            "timeline": seen.timeline if seen else None,
+            "wal_position": str(position) if position is not None else None,
             "lag_bytes": 0 if role == "primary" else lag,
             "leader": cluster.leader.name if cluster.leader else None,
-            "holds_lease": lease.holds,
-            "paused": cluster.config.paused,
+            "holds_lease": lease_fresh,
+            "paused": config.paused,
             "decision": last.reason,
-            "ticked_at": time.monotonic(),
-            "loop_wait": cluster.config.loop_wait,
+            "ticked_at": self.loop.ticked_at,
+            "loop_wait": config.loop_wait,
         }
 
     def live_status(self) -> dict[str, Any]:

@@ -172,6 +172,12 @@ def _lead(view: ClusterView, now: float) -> Decision:
         return Decision(actions, "paused: I hold the lease and change nothing")
     if local.pg is PgState.STARTING:
         return Decision((), "I hold the lease; waiting for PostgreSQL to start")
+    deadline = view.lease.deadline(cluster.config.ttl, cluster.config.safety_margin)
+    fresh = view.lease.session is SessionState.CONNECTED and deadline is not None and now < deadline
+    if not local.is_primary and not fresh:
+        # Starting or promoting on a lease we cannot prove would make a primary while
+        # another member may hold the lease already (a fenced primary must stay down).
+        return Decision((), "I may hold the lease but cannot confirm it now; changing nothing")
     if not local.running:
         if local.crash_count >= MAX_CRASH_RESTARTS:
             return Decision(
@@ -183,11 +189,6 @@ def _lead(view: ClusterView, now: float) -> Decision:
     if local.in_recovery is None:
         return Decision((), "I hold the lease; PostgreSQL does not answer SQL yet")
     if local.in_recovery:
-        # A replica is not fenced; promoting it past the deadline would make a primary
-        # while another member may already hold the lease.
-        deadline = view.lease.deadline(cluster.config.ttl, cluster.config.safety_margin)
-        if deadline is None or now >= deadline:
-            return Decision((), "I hold the lease but cannot confirm it in time; not promoting")
         return Decision((Promote(),), "I hold the leader lease; promoting")
     request = _active_request(view)
     if request is not None:

@@ -81,7 +81,12 @@ class HaCluster:
     def host_processes(self, name: str) -> list[int]:
         """The agent and everything it started: fence, postmaster, backends."""
         agent = self.agent_pid(name)
-        return [agent, *descendants(agent)]
+        pids = [agent, *descendants(agent)]
+        # A postmaster adopted from an earlier agent is not a child of this one.
+        postmaster = self.lab.postmaster_pid(name)
+        if postmaster is not None and postmaster not in pids:
+            pids += [postmaster, *descendants(postmaster)]
+        return pids
 
     def signal_host(self, name: str, sig: int) -> list[int]:
         """Signal every process of the member's "host" at once (SIGKILL: host loss;
