@@ -44,13 +44,18 @@ integration: install
 demo: install
 	$(PY) -m pgwarden.demo
 
+# Each benchmark prints JSON and writes it to bench-results/; CHAOS_MINUTES=10 for the
+# issue's full chaos target.
+CHAOS_MINUTES ?= 3
 bench: install
 	@mkdir -p bench-results
-	@set -e; for f in benchmarks/*.py; do \
-		name=$$(basename $$f .py); \
-		echo "== $$name"; \
-		$(PY) $$f --json bench-results/$$name.json; \
+	$(PY) benchmarks/lab_up.py --json bench-results/lab_up.json
+	@set -e; for fault in host_loss host_freeze postgres_crash; do \
+		$(PY) benchmarks/failover.py --runs 5 --fault $$fault --json bench-results/failover_$$fault.json; \
 	done
+	@if [ -f benchmarks/switchover.py ]; then \
+		$(PY) benchmarks/switchover.py --runs 5 --json bench-results/switchover.json; fi
+	$(PY) benchmarks/chaos.py --minutes $(CHAOS_MINUTES) --json bench-results/chaos.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis bench-results

@@ -17,6 +17,7 @@ import yaml
 from pgwarden.lab import Lab, LabSpec, agents, scratch_directory
 from pgwarden.lab.ha import HaCluster
 from pgwarden.lab.procs import is_running
+from pgwarden.peers import request_json
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +118,57 @@ def test_list_with_zookeeper_unreachable_fails_in_one_sentence(tmp_path: Path, c
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
     assert "127.0.0.2:1" in lines[0]
+
+
+def test_control_endpoints_require_the_bearer_token(cluster: HaCluster) -> None:
+    primary = cluster.wait_converged()
+    url = f"{cluster.lab.agent_url(primary)}/restart"
+    token = cluster.lab.api_token_file.read_text().strip()
+    assert request_json(url, body={})[0] == 401
+    assert request_json(url, body={}, token="wrong")[0] == 401
+    code, answer = request_json(url, body={"pending": True}, token=token)
+    assert (code, answer) == (200, {"result": "no restart pending"})
+    assert (
+        request_json(f"{cluster.lab.agent_url(primary)}/nonexistent", body={}, token=token)[0]
+        == 404
+    )
+
+
+def test_restart_reload_and_reinit_through_the_cli(cluster: HaCluster) -> None:
+    primary = cluster.wait_converged()
+    replica = next(n for n in cluster.names() if n != primary)
+    config = str(cluster.lab.agent_config_path(primary))
+    before = cluster.lab.postmaster_pid(replica)
+    done = pgwarden("restart", replica, "-c", config)
+    assert done.returncode == 0, done.stderr
+    assert f"{replica}: restart scheduled" in done.stdout
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        after = cluster.lab.postmaster_pid(replica)
+        if after not in (None, before) and replica in cluster.replicas():
+            break
+        time.sleep(0.1)
+    assert cluster.lab.postmaster_pid(replica) not in (None, before)
+    assert cluster.primary() == primary
+
+    done = pgwarden("reload", "-c", config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("configuration reloaded") == 3
+
+    refused = pgwarden("reinit", primary, "-c", config)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f"error: {primary} is the primary; switch over first, then reinitialize it"
+    )
+    marker = cluster.lab.member(replica).data_dir / "reinit-marker"
+    marker.write_text("gone after a re-clone")
+    done = pgwarden("reinit", replica, "-c", config)
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (marker.exists() or replica not in cluster.replicas()):
+        time.sleep(0.1)
+    assert not marker.exists(), "the data directory was not re-cloned"
+    assert cluster.wait_converged() == primary
 
 
 def test_sigterm_on_the_primary_hands_the_lease_over(cluster: HaCluster) -> None:

@@ -11,14 +11,20 @@ is what the path asks for, 503 otherwise, with a JSON body either way.
 - GET /readiness: the primary holding the lease, or a replica that replays
 - GET /status: this member, observed now (peers use it to compare WAL positions)
 - GET /cluster, /history: the last store snapshot
+
+Control endpoints need `Authorization: Bearer <token>` with the token from
+`api.token_file`; without a token file they are off (403). POST /switchover, /failover,
+/restart, /reload, /reinitialize take a JSON object and answer 202 (accepted), 200
+(done), 409 (refused, with the sentence) or 400 (bad input).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -40,15 +46,22 @@ class ApiServer:
         status: Callable[[], Status],
         live_status: Callable[[], Status],
         cluster: Callable[[], Status],
+        control: Mapping[str, Callable[[dict[str, Any]], tuple[int, Any]]] | None = None,
+        token: str | None = None,
     ) -> None:
         self._status = status
         self._live = live_status
         self._cluster = cluster
+        self._control = dict(control or {})
+        self._token = token
         api = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 api.handle(self)
+
+            def do_POST(self) -> None:
+                api.handle_control(self)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -77,6 +90,39 @@ class ApiServer:
         except Exception as exc:
             log.exception("api.error", path=path)
             code, body = 503, {"error": str(exc)}
+        self._send(request, code, body)
+
+    def handle_control(self, request: BaseHTTPRequestHandler) -> None:
+        path = urlsplit(request.path).path.rstrip("/")
+        try:
+            code, body = self.control(path, request)
+        except Exception as exc:
+            log.exception("api.error", path=path)
+            code, body = 500, {"error": str(exc)}
+        log.info("api.control", path=path, status=code)
+        self._send(request, code, body)
+
+    def control(self, path: str, request: BaseHTTPRequestHandler) -> tuple[int, Any]:
+        handler = self._control.get(path)
+        if handler is None:
+            return 404, {"error": f"no control endpoint {path}"}
+        if self._token is None:
+            return 403, {"error": "control endpoints are off: api.token_file is not set"}
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {self._token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return 401, {"error": "missing or wrong bearer token"}
+        length = int(request.headers.get("Content-Length") or 0)
+        raw = request.rfile.read(length) if length else b"{}"
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            return 400, {"error": "the request body is not JSON"}
+        if not isinstance(body, dict):
+            return 400, {"error": "the request body must be a JSON object"}
+        return handler(body)
+
+    def _send(self, request: BaseHTTPRequestHandler, code: int, body: Any) -> None:
         payload = json.dumps(body, default=str).encode()
         request.send_response(code)
         request.send_header("Content-Type", "application/json")

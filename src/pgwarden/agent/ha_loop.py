@@ -20,7 +20,14 @@ from pgwarden.agent.executor import Executor, LocalMemory
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.postmaster import Postmaster
 from pgwarden.dcs.base import ConsensusStore, StoreError
-from pgwarden.ha.actions import EnsureSlots, SetSyncKey, SetSyncStandbys, UpdateOptime
+from pgwarden.ha.actions import (
+    Clone,
+    EnsureSlots,
+    SetSyncKey,
+    SetSyncStandbys,
+    StopPostgres,
+    UpdateOptime,
+)
 from pgwarden.ha.decide import decide
 from pgwarden.ha.view import STAR, ClusterView, LocalState, Standby
 from pgwarden.logs import get_logger
@@ -69,6 +76,7 @@ class HaLoop:
         self._last_reason = ""
         self._follow_up = False
         self.ticked_at: float | None = None  # monotonic end of the last completed tick
+        self.operator_request: str | None = None  # "restart" or "reinit", from the API
 
     # ----------------------------------------------------------------- observe
     def observe(self) -> LocalState:
@@ -86,6 +94,7 @@ class HaLoop:
             rejoin_failed=self.memory.rejoin_failed,
             sync_standby_names=self.memory.sync_standby_names,
             tags=self.tags,
+            requested=self.operator_request,
         )
         if state not in (PgState.RUNNING, PgState.STARTING):
             return local
@@ -161,6 +170,10 @@ class HaLoop:
         self._last_reason = decision.reason
         acted = bool(decision.actions)
         self._follow_up = any(isinstance(a, SetSyncStandbys | SetSyncKey) for a in decision.actions)
+        if local.requested is not None and any(
+            isinstance(a, StopPostgres | Clone) for a in decision.actions
+        ):
+            self.operator_request = None  # consumed by this decision
         if acted:
             # Announce ourselves before a long action: the leader keeps a replication
             # slot only for registered members, and a rejoining member needs it.

@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 from pgwarden.agent.api import ApiServer
+from pgwarden.agent.control_api import handlers
 from pgwarden.agent.executor import Executor, LocalMemory
 from pgwarden.agent.ha_loop import HaLoop
 from pgwarden.agent.lease import LeaseKeeper
@@ -94,6 +95,19 @@ def _source_address(host: str) -> str | None:
         return None
 
 
+def _read_token(path: Path | None) -> str | None:
+    """The API bearer token; None (control endpoints off) without a token file."""
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise PgwardenError(f"cannot read api.token_file {path}: {exc.strerror}") from None
+    if not token:
+        raise PgwardenError(f"api.token_file {path} is empty")
+    return token
+
+
 class Agent:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -143,10 +157,22 @@ class Agent:
             self.executor,
             self.memory,
         )
-        self.api = ApiServer(api_host, api_port, self.status, self.live_status, self.cluster)
+        self.api = ApiServer(
+            api_host,
+            api_port,
+            self.status,
+            self.live_status,
+            self.cluster,
+            control=handlers(self),
+            token=_read_token(settings.api.token_file),
+        )
 
     # ----------------------------------------------------------------- callbacks
     def _wake(self) -> None:
+        self.loop.wake.set()
+
+    def wake(self) -> None:
+        """Run the HA loop now (after a control request)."""
         self.loop.wake.set()
 
     def _writable_pid(self) -> int | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,26 +12,11 @@ import click
 from pgwarden.cli.common import config_option
 from pgwarden.cli.render import emit_json, output_option
 from pgwarden.config import load_config
-from pgwarden.control import MemberNow, Plan, Refused, member_now, plan_failover, plan_switchover
+from pgwarden.control import MemberNow, Plan, Refused, plan_failover, plan_switchover
 from pgwarden.model import ClusterState
+from pgwarden.peers import members_now
 
 WAIT_TIMEOUT = 30.0
-
-
-def _ask_status(url: str) -> dict[str, Any] | None:
-    from pgwarden.lab.agents import api_get  # noqa: PLC0415 - a tiny urllib helper
-
-    code, body = api_get(f"{url}/status", timeout=1.0)
-    return body if code == 200 else None
-
-
-def _members_now(cluster: ClusterState) -> dict[str, MemberNow]:
-    urls = {n: m.api_url for n, m in cluster.members.items() if m.api_url}
-    if not urls:
-        return {}
-    with ThreadPoolExecutor(max_workers=len(urls)) as pool:
-        answers = {n: pool.submit(_ask_status, u) for n, u in urls.items()}
-        return {n: member_now(f.result()) for n, f in answers.items()}
 
 
 def _parse_at(text: str | None) -> float:
@@ -60,7 +44,7 @@ def _execute(
     store.start(timeout=5.0)
     try:
         cluster = store.read()
-        plan: Plan = build(cluster, _members_now(cluster))
+        plan: Plan = build(cluster, members_now(cluster))
         if dry_run:
             _show(plan, "dry run: nothing was written", output)
             return

@@ -193,6 +193,9 @@ def _lead(view: ClusterView, now: float) -> Decision:
     request = _active_request(view)
     if request is not None:
         return _leader_request(view, request)
+    if local.requested == "restart":
+        # Keeps the lease: a restart is a short write outage, not a failover.
+        return Decision((StopPostgres("fast"), StartPostgres()), "a restart was requested")
     acts: list[Action] = []
     if local.wal_position is not None:
         acts.append(UpdateOptime(local.wal_position))
@@ -221,6 +224,10 @@ def _follow(view: ClusterView, leader: str) -> Decision:
         if local.configured_leader is None:
             return Decision((Rewind(leader),), f"rejoining {leader} as a replica: rewinding first")
         return Decision((Follow(leader),), f"starting as a replica of {leader}")
+    if local.requested == "reinit" and leader_ready:
+        return Decision((Clone(leader),), f"reinitialization requested; re-cloning from {leader}")
+    if local.requested == "restart":
+        return Decision((StopPostgres("fast"), StartPostgres()), "a restart was requested")
     if local.configured_leader != leader:
         return Decision((Follow(leader),), f"following the new leader {leader}")
     return Decision((), f"a healthy replica following {leader}")

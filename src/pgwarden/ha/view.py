@@ -46,6 +46,8 @@ class LocalState:
     # by all of them. None until that was seen for the current setting.
     sync_confirmed_lsn: Lsn | None = None
     tags: Tags = field(default_factory=Tags)
+    # An operator's request through the API: "restart" or "reinit" (replicas only).
+    requested: str | None = None
 
     @property
     def running(self) -> bool:

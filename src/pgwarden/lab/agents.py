@@ -10,13 +10,10 @@ as root. Every process of the lab carries `LAB_PGWARDEN_ID` in its environment, 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ from pgwarden.lab.procs import (
     start_ticks,
     tagged_processes,
 )
+from pgwarden.peers import request_json
 from pgwarden.retry import DeadlineExceededError, poll_until
 
 # Not PGWARDEN_*: the PostgreSQL launcher drops PG* variables from its environment.
@@ -52,6 +50,7 @@ def agent_config(
     storage_dir: Path,
     synchronous_mode: str,
     settings: dict[str, str],
+    token_file: Path | None = None,
 ) -> dict[str, Any]:
     """The YAML configuration of one lab agent, as a mapping."""
     postgres: dict[str, Any] = {
@@ -71,7 +70,8 @@ def agent_config(
         "postgres": postgres,
         "dcs": {"hosts": zookeeper_hosts},
         "ha": {"synchronous_mode": synchronous_mode},
-        "api": {"listen": f"{member['host']}:{member['api_port']}"},
+        "api": {"listen": f"{member['host']}:{member['api_port']}"}
+        | ({"token_file": str(token_file)} if token_file else {}),
         "storage": {"type": "fs", "directory": str(storage_dir)},
     }
 
@@ -109,19 +109,9 @@ def start_agent(directory: Path, registry: Registry, lab_id: str, name: str) -> 
     )
 
 
-def api_get(url: str, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
+def api_get(url: str, timeout: float = 1.0) -> tuple[int, Any]:
     """(status, JSON body) of an agent API endpoint; (0, {}) when it does not answer."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
-            return int(response.status), json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            body = json.loads(exc.read() or b"{}")
-        except ValueError:
-            body = {}
-        return int(exc.code), body
-    except (urllib.error.URLError, OSError, ValueError):
-        return 0, {}
+    return request_json(url, timeout=timeout)
 
 
 def wait_formed(registry: Registry, members: list[dict[str, Any]], timeout: float = 90.0) -> str:

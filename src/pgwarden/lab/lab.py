@@ -206,6 +206,10 @@ class Lab:
         pg_dir.mkdir(mode=0o755, exist_ok=True)
         storage = self.directory / "storage"
         storage.mkdir(mode=0o700, exist_ok=True)
+        token = self.api_token_file
+        token.parent.mkdir(mode=0o700, exist_ok=True)
+        token.touch(mode=0o600)
+        token.write_text(secrets.token_urlsafe(24) + "\n")
         configs = {
             m["name"]: agents.agent_config(
                 cluster="lab",
@@ -218,6 +222,7 @@ class Lab:
                 storage_dir=storage,
                 synchronous_mode=str(self.state.get("synchronous_mode", "off")),
                 settings=pg_state.get("settings", {}),
+                token_file=token,
             )
             for m in pg_state["members"]
         }
@@ -232,6 +237,11 @@ class Lab:
             if m["name"] == name:
                 return f"http://{m['host']}:{m['api_port']}"
         raise LabError(f"no member named {name!r} in this lab")
+
+    @property
+    def api_token_file(self) -> Path:
+        """The bearer token of the agents' control endpoints."""
+        return self.directory / "agents" / "api.token"
 
     def agent_config_path(self, name: str) -> Path:
         return self.directory / "agents" / f"{name}.yml"

@@ -1,0 +1,98 @@
+"""Handlers of the agent's control endpoints (POST /switchover, /failover, /restart,
+/reload, /reinitialize). Each takes the JSON body and returns (HTTP status, JSON body)."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pgwarden.control import Refused, plan_failover, plan_switchover
+from pgwarden.dcs.base import StoreError
+from pgwarden.errors import PgwardenError
+from pgwarden.peers import members_now
+from pgwarden.postgres import sql
+
+if TYPE_CHECKING:
+    from pgwarden.agent.main import Agent
+
+Handler = Callable[[dict[str, Any]], tuple[int, Any]]
+
+
+def _at(value: Any) -> float:
+    if value is None:
+        return time.time()
+    moment = datetime.datetime.fromisoformat(str(value))
+    if moment.tzinfo is None:
+        raise Refused(f"at {value!r} has no time zone")
+    return moment.timestamp()
+
+
+def handlers(agent: Agent) -> dict[str, Handler]:
+    """The control endpoints of `agent`."""
+
+    def request(kind: str, body: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            cluster = agent.store.read()
+            now = members_now(cluster)
+            if kind == "switchover":
+                plan = plan_switchover(
+                    cluster, now, to=body.get("to"), at=_at(body.get("at")),
+                    force=bool(body.get("force", False)),
+                )  # fmt: skip
+            else:
+                if not body.get("to"):
+                    return 400, {"error": 'a failover needs "to": the member to promote'}
+                plan = plan_failover(
+                    cluster, now, to=str(body["to"]), at=time.time(),
+                    allow_data_loss=bool(body.get("allow_data_loss", False)),
+                    force=bool(body.get("force", False)),
+                )  # fmt: skip
+            if not agent.store.set_failover(plan.request, -1):
+                return 409, {"error": f"another {kind} was requested at the same moment"}
+        except (Refused, ValueError) as exc:
+            return 409, {"error": str(exc)}
+        except StoreError as exc:
+            return 503, {"error": str(exc)}
+        agent.wake()
+        return 202, plan.to_json()
+
+    def restart(body: dict[str, Any]) -> tuple[int, Any]:
+        if body.get("pending"):
+            try:
+                with sql.connect(agent.instance.spec) as conn:
+                    row = conn.execute(
+                        "SELECT count(*) FROM pg_settings WHERE pending_restart"
+                    ).fetchone()
+            except PgwardenError as exc:
+                return 409, {"error": f"cannot tell whether a restart is pending: {exc}"}
+            if not row or not row[0]:
+                return 200, {"result": "no restart pending"}
+        agent.loop.operator_request = "restart"
+        agent.wake()
+        return 202, {"result": "restart scheduled"}
+
+    def reload(_body: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            sql.reload(agent.instance.spec)
+        except PgwardenError as exc:
+            return 409, {"error": str(exc)}
+        return 200, {"result": "configuration reloaded"}
+
+    def reinitialize(_body: dict[str, Any]) -> tuple[int, Any]:
+        if agent.keeper.snapshot().holds:
+            return 409, {
+                "error": f"{agent.me} is the primary; switch over first, then reinitialize it"
+            }
+        agent.loop.operator_request = "reinit"
+        agent.wake()
+        return 202, {"result": "reinitialization scheduled"}
+
+    return {
+        "/switchover": lambda body: request("switchover", body),
+        "/failover": lambda body: request("failover", body),
+        "/restart": restart,
+        "/reload": reload,
+        "/reinitialize": reinitialize,
+    }
