@@ -7,9 +7,8 @@ from typing import Any
 
 import click
 
-from pgwarden.cli.common import config_option
+from pgwarden.cli.common import config_option, open_store
 from pgwarden.cli.render import emit_json, output_option
-from pgwarden.config import load_config
 from pgwarden.model import ClusterState
 
 
@@ -47,17 +46,10 @@ def list_command(config_path: Path, output: str) -> None:
 
     \b
     Exit codes: 0 shown; 1 the configuration is invalid or ZooKeeper does not
-    answer within a few seconds.
+    answer within a few seconds (one sentence on stderr); 2 the command line is wrong.
     """
-    from pgwarden.dcs.zookeeper import ZooKeeperStore  # noqa: PLC0415
-
-    settings = load_config(config_path)
-    store = ZooKeeperStore(",".join(settings.dcs.hosts), settings.cluster, root=settings.dcs.root)
-    store.start(timeout=5.0)
-    try:
+    with open_store(config_path) as (settings, store):
         cluster = store.read()
-    finally:
-        store.stop()
     rows = cluster_rows(cluster)
     if output == "json":
         emit_json(

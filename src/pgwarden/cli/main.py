@@ -8,8 +8,11 @@ from pgwarden import __version__
 from pgwarden.cli.agent_cmd import agent_command
 from pgwarden.cli.config_cmd import config_group
 from pgwarden.cli.ha_cmd import failover_command, switchover_command
+from pgwarden.cli.history_cmd import events_command, history_command
 from pgwarden.cli.lab_cmd import lab_group
 from pgwarden.cli.list_cmd import list_command
+from pgwarden.cli.member_cmd import reinit_command, reload_command, restart_command
+from pgwarden.cli.pause_cmd import pause_command, resume_command
 from pgwarden.errors import PgwardenError
 from pgwarden.logs import LEVELS, configure_logging
 
@@ -43,8 +46,15 @@ cli.add_command(agent_command)
 cli.add_command(config_group)
 cli.add_command(lab_group)
 cli.add_command(list_command)
+cli.add_command(pause_command)
+cli.add_command(resume_command)
+cli.add_command(history_command)
+cli.add_command(events_command)
 cli.add_command(switchover_command)
 cli.add_command(failover_command)
+cli.add_command(restart_command)
+cli.add_command(reload_command)
+cli.add_command(reinit_command)
 
 
 def main() -> None:
