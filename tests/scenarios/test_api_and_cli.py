@@ -171,6 +171,26 @@ def test_restart_reload_and_reinit_through_the_cli(cluster: HaCluster) -> None:
     assert cluster.wait_converged() == primary
 
 
+def test_dynamic_parameters_reach_every_member(cluster: HaCluster) -> None:
+    primary = cluster.wait_converged()
+    config = str(cluster.lab.agent_config_path(primary))
+    done = pgwarden("config", "set", "parameters.work_mem=12MB", "-c", config)
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 10
+    seen: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        for name in cluster.names():
+            with cluster.lab.connect(name) as conn:
+                seen[name] = conn.execute("SHOW work_mem").fetchone()[0]
+        if set(seen.values()) == {"12MB"}:
+            break
+        time.sleep(0.2)
+    assert seen == {name: "12MB" for name in cluster.names()}
+    refused = pgwarden("config", "set", "parameters.port=5999", "-c", config)
+    assert refused.returncode == 1
+    assert "parameters.port" in refused.stderr + refused.stdout
+
+
 def test_sigterm_on_the_primary_hands_the_lease_over(cluster: HaCluster) -> None:
     old = cluster.wait_converged()
     record = cluster.lab.process(agents.process_name(old))

@@ -46,6 +46,7 @@ class LocalMemory:
     rejoin_failed: bool = False
     sync_standby_names: frozenset[str] = field(default_factory=frozenset)
     sync_confirmed_lsn: Lsn | None = None
+    applied_parameters: dict[str, str] = field(default_factory=dict)
     system_identifier: str | None = None
 
 
@@ -69,6 +70,7 @@ class Executor:
         self.fence = fence
         self.memory = memory
         self._initial_config = initial_config
+        self._file_parameters = dict(instance.spec.parameters)
 
     def run(self, decision: Decision, cluster: ClusterState) -> bool:
         """Perform every action; False if one failed (the rest are skipped)."""
@@ -96,12 +98,30 @@ class Executor:
         return Endpoint(name, info.host, info.port)
 
     def _configure(self, cluster: ClusterState, leader: str | None) -> None:
+        self._merge_parameters(cluster)
         endpoint = self._endpoint(cluster, leader) if leader is not None else None
         names = self.memory.sync_standby_names if leader is None else frozenset()
         self.instance.configure(leader=endpoint, synchronous_standby_names=_render_ssn(names))
         self.memory.configured_leader = leader
         if leader is not None:
             self.memory.sync_standby_names = frozenset()
+
+    def _merge_parameters(self, cluster: ClusterState) -> None:
+        """Cluster-wide parameters from the dynamic config, under this host's own."""
+        merged = {**cluster.config.parameters, **self._file_parameters}
+        if merged != dict(self.instance.spec.parameters):
+            self.instance.spec = replace(self.instance.spec, parameters=merged)
+
+    def sync_parameters(self, cluster: ClusterState) -> None:
+        """Apply changed dynamic parameters to a running PostgreSQL (rewrite, reload)."""
+        if self.memory.applied_parameters == dict(cluster.config.parameters):
+            return
+        if self.postmaster.pid is None:
+            return
+        self._configure(cluster, self.memory.configured_leader)
+        sql.reload(self.instance.spec)
+        self.memory.applied_parameters = dict(cluster.config.parameters)
+        log.info("config.applied", parameters=sorted(cluster.config.parameters))
 
     def _start(self) -> None:
         """Start PostgreSQL; wait for a primary to accept connections. A replica may need

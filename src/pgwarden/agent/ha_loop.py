@@ -20,6 +20,7 @@ from pgwarden.agent.executor import Executor, LocalMemory
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.postmaster import Postmaster
 from pgwarden.dcs.base import ConsensusStore, StoreError
+from pgwarden.errors import PgwardenError
 from pgwarden.ha.actions import (
     Clone,
     EnsureSlots,
@@ -153,6 +154,10 @@ class HaLoop:
             log.warning("store.unreadable", error=str(exc))
         lease = self.keeper.snapshot()
         cluster = self.cluster
+        try:
+            self.executor.sync_parameters(cluster)
+        except PgwardenError as exc:
+            log.warning("config.not_applied", error=str(exc))
         peers = {}
         request = cluster.failover
         handed_to_me = request is not None and request.to == self.me and request.handed_over
