@@ -100,6 +100,7 @@ def plan_switchover(
     if cluster.failover is not None:
         pending = cluster.failover
         raise Refused(f"a {_describe(pending)} is already pending; wait for it or clear it")
+    _refuse_paused(cluster, "switchover")
     leader = cluster.leader.name if cluster.leader else None
     if leader is None or not leader_healthy(cluster, now):
         raise Refused("there is no healthy primary to switch over from; use `pgwarden failover`")
@@ -153,6 +154,7 @@ def plan_failover(
     """A manual failover to `to`, for when the primary is gone or unhealthy."""
     if cluster.failover is not None:
         raise Refused(f"a {_describe(cluster.failover)} is already pending; wait for it")
+    _refuse_paused(cluster, "failover")
     leader = cluster.leader.name if cluster.leader else None
     if to == leader:
         raise Refused(f"{to} is already the primary")
@@ -183,6 +185,16 @@ def plan_failover(
     request = FailoverRequest(from_=None, to=to, at=at, allow_data_loss=allow_data_loss)
     why = "requested" + (f", accepting the loss of {behind} bytes" if behind else "")
     return Plan("failover", leader, to, why, behind, fresh.replay_time, request)
+
+
+def _refuse_paused(cluster: ClusterState, kind: str) -> None:
+    # Paused agents neither hand over nor race: a request written now would only wait
+    # and then linger in the store, blocking every later request.
+    if cluster.config.paused:
+        raise Refused(
+            f"the cluster is paused and its agents do not act on a {kind} request; "
+            "run `pgwarden resume` first"
+        )
 
 
 def _describe(request: FailoverRequest) -> str:
