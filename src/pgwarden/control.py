@@ -138,7 +138,7 @@ def plan_switchover(
         if to is not None
         else f"the most advanced eligible replica ({-best[0]} bytes behind)"
     )
-    request = FailoverRequest(from_=leader, to=candidate, at=at)
+    request = FailoverRequest(from_=leader, to=candidate, at=at, force=force)
     return Plan("switchover", leader, candidate, why, 0, None, request)
 
 

@@ -214,6 +214,7 @@ class FailoverRequest:
     version: int = -1
     allow_data_loss: bool = False
     handed_over: bool = False
+    force: bool = False  # switchover: hand over to a lagging replica once it caught up
 
 
 @dataclass(frozen=True)

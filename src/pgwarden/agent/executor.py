@@ -32,6 +32,8 @@ from pgwarden.postgres.instance import Instance, RewindError
 log = get_logger("executor")
 
 START_TIMEOUT = 60.0
+# configured_leader of a replica whose leader this agent has not configured yet.
+UNKNOWN_LEADER = "(unknown leader)"
 
 
 class ActionError(PgwardenError):
@@ -99,6 +101,11 @@ class Executor:
 
     def _configure(self, cluster: ClusterState, leader: str | None) -> None:
         self._merge_parameters(cluster)
+        if leader == UNKNOWN_LEADER:
+            # Keep the standby settings on disk; the next tick points them at the leader.
+            leader = cluster.leader.name if cluster.leader else None
+            if leader is None or leader not in cluster.members:
+                raise ActionError("no leader to follow yet")
         endpoint = self._endpoint(cluster, leader) if leader is not None else None
         names = self.memory.sync_standby_names if leader is None else frozenset()
         self.instance.configure(leader=endpoint, synchronous_standby_names=_render_ssn(names))
@@ -168,7 +175,10 @@ class Executor:
                 self.fence.disarm()
                 self._event("fence", {"member": self.me})
             case act.StartPostgres():
-                self._configure(cluster, self.memory.configured_leader)
+                unknown = self.memory.configured_leader == UNKNOWN_LEADER
+                if not (unknown and cluster.leader is None):
+                    self._configure(cluster, self.memory.configured_leader)
+                # else: a replica with no leader yet starts as configured on disk and races.
                 self._start()
             case act.StopPostgres(mode=mode):
                 self.postmaster.stop(mode)
@@ -180,8 +190,11 @@ class Executor:
                     sql.reload(self.instance.spec)
             case act.HandOver(target=target, version=version):
                 return self._hand_over(cluster, target, version)
-            case act.ClearFailover(version=version):
+            case act.ClearFailover(version=version, why=why):
                 self.store.clear_failover(version)
+                request = cluster.failover
+                kind = "switchover" if request is not None and request.from_ else "failover"
+                self._event(kind, {"member": self.me, "result": "cleared", "reason": why})
             case act.UpdateOptime(lsn=lsn):
                 if cluster.optime != lsn:
                     self.store.set_optime(lsn)

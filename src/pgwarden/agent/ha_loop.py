@@ -215,6 +215,12 @@ class HaLoop:
         except StoreError as exc:
             log.warning("member.not_published", error=str(exc))
 
+    def _awaiting_sync(self, result: TickResult) -> bool:
+        """Leading in synchronous mode with nobody in the sync key yet."""
+        view = result.view
+        leads = view.cluster.leader is not None and view.cluster.leader.name == self.me
+        return leads and view.local.is_primary and _sync_wanted(view)
+
     def run(self) -> None:
         while not self.stopping.is_set():
             started = time.monotonic()
@@ -228,6 +234,9 @@ class HaLoop:
             if result is not None and result.acted and self._follow_up:
                 # A multi-step change (synchronous standbys) goes on at once.
                 wait = min(wait, 0.1)
+            elif result is not None and self._awaiting_sync(result):
+                # A new leader in synchronous mode looks for standbys to list quickly.
+                wait = min(wait, 0.2)
             if result is not None:
                 deadline = result.view.lease.deadline(config.ttl, config.safety_margin)
                 if deadline is not None and result.view.local.is_primary:
@@ -236,6 +245,10 @@ class HaLoop:
             if remaining > 0:
                 self.wake.wait(remaining)
             self.wake.clear()
+
+
+def _sync_wanted(view: ClusterView) -> bool:
+    return view.cluster.config.synchronous_mode.value != "off" and not view.cluster.sync.members
 
 
 def _max(a: Lsn | None, b: Lsn | None) -> Lsn | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pgwarden.agent.api import ApiServer
 from pgwarden.agent.control_api import handlers
-from pgwarden.agent.executor import Executor, LocalMemory
+from pgwarden.agent.executor import UNKNOWN_LEADER, Executor, LocalMemory
 from pgwarden.agent.ha_loop import HaLoop
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.postmaster import Postmaster
@@ -125,6 +125,10 @@ class Agent:
             source_address=_source_address(spec.host),
         )
         self.memory = LocalMemory()
+        if (spec.data_dir / "standby.signal").exists():
+            # A replica before this agent started: it follows a leader (which one the first
+            # tick decides) and has no diverged history to rewind.
+            self.memory.configured_leader = UNKNOWN_LEADER
         self.postmaster = Postmaster(self.instance, self._wake)
         self.fence = FenceClient()
         self.keeper = LeaseKeeper(

@@ -76,7 +76,14 @@ def _execute(
                     f"`pgwarden events` says why"
                 )
             time.sleep(0.05)
-        raise Refused(f"{plan.candidate} did not become the primary within {WAIT_TIMEOUT:g} s")
+        # Withdraw our request so it cannot fire later or block the next one.
+        pending = store.read().failover
+        if pending is not None and pending.to == plan.candidate and not pending.handed_over:
+            store.clear_failover(pending.version)
+        raise Refused(
+            f"{plan.candidate} did not become the primary within {WAIT_TIMEOUT:g} s; "
+            "the request was withdrawn"
+        )
     finally:
         store.stop()
 

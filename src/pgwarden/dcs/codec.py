@@ -120,6 +120,7 @@ def encode_failover(request: FailoverRequest) -> bytes:
             "at": request.at,
             "allow_data_loss": request.allow_data_loss,
             "handed_over": request.handed_over,
+            "force": request.force,
         }
     )
 
@@ -135,6 +136,7 @@ def decode_failover(key: str, raw: bytes, version: int) -> FailoverRequest:
             version,
             allow_data_loss=bool(data.get("allow_data_loss", False)),
             handed_over=bool(data.get("handed_over", False)),
+            force=bool(data.get("force", False)),
         )
     except (ValueError, TypeError) as exc:
         raise _invalid(key, exc) from None

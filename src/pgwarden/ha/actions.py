@@ -82,7 +82,10 @@ class HandOver:
 
 @dataclass(frozen=True)
 class ClearFailover:
+    """Delete the failover key (if still at `version`), recording why as an event."""
+
     version: int
+    why: str = ""
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,17 @@ def _active_request(view: ClusterView) -> FailoverRequest | None:
     return request
 
 
-def _switchover_target(view: ClusterView, wanted: str | None) -> tuple[str | None, str]:
+def _stale_request(view: ClusterView) -> FailoverRequest | None:
+    """A failover request nobody acted on in time: the leader clears it."""
+    request = view.cluster.failover
+    if request is None or request.at is None:
+        return None
+    return request if view.wall - request.at > STALE_REQUEST_S else None
+
+
+def _switchover_target(
+    view: ClusterView, wanted: str | None, force: bool = False
+) -> tuple[str | None, str]:
     """The member to hand over to (the requested one, or the best), or None and why."""
     cluster, local = view.cluster, view.local
     limit = cluster.config.maximum_lag_on_failover
@@ -103,7 +113,7 @@ def _switchover_target(view: ClusterView, wanted: str | None) -> tuple[str | Non
             refusals[name] = f"{name} has the nofailover tag"
         elif position is None:
             refusals[name] = f"{name} has not published its WAL position"
-        elif local.wal_position is not None and local.wal_position - position > limit:
+        elif not force and local.wal_position is not None and local.wal_position - position > limit:
             refusals[name] = (
                 f"{name} is {local.wal_position - position} bytes behind "
                 f"(maximum_lag_on_failover {limit})"
@@ -123,22 +133,20 @@ def _switchover_target(view: ClusterView, wanted: str | None) -> tuple[str | Non
 def _leader_request(view: ClusterView, request: FailoverRequest) -> Decision:
     me = view.me
     if request.to == me:
-        return Decision(
-            (ClearFailover(request.version),), "a failover to me was requested; I already lead"
-        )
+        reason = "a failover to me was requested; I already lead"
+        return Decision((ClearFailover(request.version, reason),), reason)
     if request.from_ is None:
         return Decision(
             (StopPostgres("fast"), ReleaseLease()),
             f"a failover to {request.to} was requested; stepping down",
         )
     if request.from_ != me:
-        return Decision(
-            (ClearFailover(request.version),),
-            f"the switchover away from {request.from_} is stale; clearing it",
-        )
-    target, why = _switchover_target(view, request.to)
+        reason = f"the switchover away from {request.from_} is stale; clearing it"
+        return Decision((ClearFailover(request.version, reason),), reason)
+    target, why = _switchover_target(view, request.to, request.force)
     if target is None:
-        return Decision((ClearFailover(request.version),), f"switchover refused: {why}")
+        reason = f"switchover refused: {why}"
+        return Decision((ClearFailover(request.version, reason),), reason)
     return Decision(
         (HandOver(target, request.version),), f"switchover to {target} requested; handing over"
     )
@@ -193,6 +201,10 @@ def _lead(view: ClusterView, now: float) -> Decision:
     request = _active_request(view)
     if request is not None:
         return _leader_request(view, request)
+    stale = _stale_request(view)
+    if stale is not None:
+        reason = f"nobody acted on the request to move to {stale.to} in time; clearing it"
+        return Decision((ClearFailover(stale.version, reason),), reason)
     if local.requested == "restart":
         # Keeps the lease: a restart is a short write outage, not a failover.
         return Decision((StopPostgres("fast"), StartPostgres()), "a restart was requested")
