@@ -185,10 +185,33 @@ def test_dynamic_parameters_reach_every_member(cluster: HaCluster) -> None:
         if set(seen.values()) == {"12MB"}:
             break
         time.sleep(0.2)
-    assert seen == {name: "12MB" for name in cluster.names()}
+    assert seen == dict.fromkeys(cluster.names(), "12MB")
     refused = pgwarden("config", "set", "parameters.port=5999", "-c", config)
     assert refused.returncode == 1
     assert "parameters.port" in refused.stderr + refused.stdout
+
+
+def test_patch_config_validates_and_writes(cluster: HaCluster) -> None:
+    primary = cluster.wait_converged()
+    url = f"{cluster.lab.agent_url(primary)}/config"
+    token = cluster.lab.api_token_file.read_text().strip()
+    assert request_json(url, body={"loop_wait": 2}, method="PATCH")[0] == 401
+    code, answer = request_json(url, body={"ttl": 0, "nonsense": 1}, token=token, method="PATCH")
+    assert code == 400
+    assert "ttl: must be at least 2 seconds, got 0" in answer["problems"]
+    assert any(p.startswith("nonsense:") for p in answer["problems"])
+    code, answer = request_json(
+        url, body={"maximum_lag_on_failover": 2097152}, token=token, method="PATCH"
+    )
+    assert code == 200, answer
+    assert answer["written"] is True
+    assert answer["config"]["maximum_lag_on_failover"] == 2097152
+    _, shown = agents.api_get(f"{cluster.lab.agent_url(primary)}/cluster")
+    deadline = time.monotonic() + 5
+    while shown["config"]["maximum_lag_on_failover"] != 2097152 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        _, shown = agents.api_get(f"{cluster.lab.agent_url(primary)}/cluster")
+    assert shown["config"]["maximum_lag_on_failover"] == 2097152
 
 
 def test_sigterm_on_the_primary_hands_the_lease_over(cluster: HaCluster) -> None:

@@ -15,7 +15,8 @@ is what the path asks for, 503 otherwise, with a JSON body either way.
 Control endpoints need `Authorization: Bearer <token>` with the token from
 `api.token_file`; without a token file they are off (403). POST /switchover, /failover,
 /restart, /reload, /reinitialize take a JSON object and answer 202 (accepted), 200
-(done), 409 (refused, with the sentence) or 400 (bad input).
+(done), 409 (refused, with the sentence) or 400 (bad input). PATCH /config merges a
+JSON object into the dynamic configuration, validated, with compare-and-set.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ class ApiServer:
                 api.handle(self)
 
             def do_POST(self) -> None:
-                api.handle_control(self)
+                api.handle_control(self, "POST")
+
+            def do_PATCH(self) -> None:
+                api.handle_control(self, "PATCH")
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -92,10 +96,10 @@ class ApiServer:
             code, body = 503, {"error": str(exc)}
         self._send(request, code, body)
 
-    def handle_control(self, request: BaseHTTPRequestHandler) -> None:
+    def handle_control(self, request: BaseHTTPRequestHandler, method: str) -> None:
         path = urlsplit(request.path).path.rstrip("/")
         try:
-            code, body = self.control(path, request)
+            code, body = self.control(path if method == "POST" else f"{method} {path}", request)
         except Exception as exc:
             log.exception("api.error", path=path)
             code, body = 500, {"error": str(exc)}

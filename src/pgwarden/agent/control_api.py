@@ -8,9 +8,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pgwarden.cli.dynamic_cmd import update_config
 from pgwarden.control import Refused, plan_failover, plan_switchover
 from pgwarden.dcs.base import StoreError
-from pgwarden.errors import PgwardenError
+from pgwarden.dynamic_config import plain, validate
+from pgwarden.errors import ConfigError, PgwardenError
+from pgwarden.model import DynamicConfig
 from pgwarden.peers import members_now
 from pgwarden.postgres import sql
 
@@ -27,6 +30,38 @@ def _at(value: Any) -> float:
     if moment.tzinfo is None:
         raise Refused(f"at {value!r} has no time zone")
     return moment.timestamp()
+
+
+def _patch_config(agent: Agent) -> Handler:
+    def patch_config(body: dict[str, Any]) -> tuple[int, Any]:
+        """JSON merge patch of the dynamic configuration: keys replace, null resets,
+        `parameters` merges (a null parameter is removed). Compare-and-set."""
+
+        def change(config: DynamicConfig) -> DynamicConfig:
+            data = plain(config)
+            for key, value in body.items():
+                if key == "parameters" and isinstance(value, dict):
+                    for name, text in value.items():
+                        if text is None:
+                            data["parameters"].pop(name, None)
+                        else:
+                            data["parameters"][name] = text
+                elif value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+            return validate(data)
+
+        try:
+            update = update_config(agent.store, change, "applying PATCH /config")
+        except ConfigError as exc:
+            return 400, {"error": "the dynamic configuration is not valid", "problems": exc.lines()}
+        except PgwardenError as exc:
+            return 409, {"error": str(exc)}
+        agent.wake()
+        return 200, update.to_json()
+
+    return patch_config
 
 
 def handlers(agent: Agent) -> dict[str, Handler]:
@@ -90,6 +125,7 @@ def handlers(agent: Agent) -> dict[str, Handler]:
         return 202, {"result": "reinitialization scheduled"}
 
     return {
+        "PATCH /config": _patch_config(agent),
         "/switchover": lambda body: request("switchover", body),
         "/failover": lambda body: request("failover", body),
         "/restart": restart,
