@@ -210,6 +210,19 @@ class ApiSettings(_Section):
     listen: HostPort = "127.0.0.1:8008"
     # None: only the read-only health and metrics endpoints are served.
     token_file: AbsolutePath | None = None
+    # HTTPS for the API: a PEM certificate chain and its key (both or neither).
+    tls_cert_file: AbsolutePath | None = None
+    tls_key_file: AbsolutePath | None = None
+    # The CA that signed the agents' certificates, for agents and the CLI calling them;
+    # None: the system's trusted CAs.
+    tls_ca_file: AbsolutePath | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
+            raise problems([((missing,), "must be set together with the other TLS file")])
+        return self
 
 
 # --- storage ---------------------------------------------------------------------------

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from pgwarden.control import MemberNow, member_now
 from pgwarden.model import ClusterState
+
+_tls: ssl.SSLContext | None = None
+
+
+def configure_tls(ca_file: str | Path | None) -> None:
+    """Trust `ca_file` (or the system CAs when None) for every https:// agent URL."""
+    global _tls  # noqa: PLW0603 - one client setting per process, set once at start
+    _tls = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
 def request_json(
@@ -28,7 +38,8 @@ def request_json(
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        context = _tls if url.startswith("https:") else None
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
             return int(response.status), json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:

@@ -108,6 +108,12 @@ INVALID = [
     ("check-without-expectation", set_in("drill.checks", [{"name": "a", "sql": "SELECT 1"}]),
      "drill.checks[0]", "needs an expectation"),
     ("checks-not-a-list", set_in("drill.checks", {"name": "a"}), "drill.checks", "must be a list"),
+    ("tls-cert-without-key", set_in("api.tls_cert_file", "/etc/pgwarden/api.crt"),
+     "api.tls_key_file", "together with the other TLS file"),
+    ("unknown-sync-mode", set_in("ha.synchronous_mode", "maybe"), "ha.synchronous_mode",
+     "got 'maybe'"),
+    ("negative-failover-priority", set_in("tags.failover_priority", -1),
+     "tags.failover_priority", "at least 0"),
 ]  # fmt: skip
 
 

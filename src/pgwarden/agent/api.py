@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -49,6 +50,7 @@ class ApiServer:
         cluster: Callable[[], Status],
         control: Mapping[str, Callable[[dict[str, Any]], tuple[int, Any]]] | None = None,
         token: str | None = None,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         self._status = status
         self._live = live_status
@@ -58,6 +60,8 @@ class ApiServer:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # seconds a client may take to send its request
+
             def do_GET(self) -> None:
                 api.handle(self)
 
@@ -72,6 +76,15 @@ class ApiServer:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(certfile=tls[0], keyfile=tls[1])
+            # The handshake happens in the request's own thread, on its first read, so a
+            # client that connects and stays silent cannot hold up the accept loop.
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(target=self._server.serve_forever, name="api", daemon=True)
 
     @property

@@ -5,10 +5,7 @@ Each action is logged as one structured event carrying the decision's reason.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -25,6 +22,7 @@ from pgwarden.ha.fence import FenceClient
 from pgwarden.ha.view import STAR
 from pgwarden.logs import get_logger
 from pgwarden.model import ClusterState, DynamicConfig, HistoryEntry, Lsn
+from pgwarden.peers import request_json
 from pgwarden.postgres import sql
 from pgwarden.postgres.conf import Endpoint, sync_standby_names
 from pgwarden.postgres.instance import Instance, RewindError
@@ -330,11 +328,8 @@ def _wait_received(api_url: str, lsn: Lsn, timeout: float) -> bool:
     """Whether the member behind `api_url` reports WAL beyond `lsn` within `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{api_url}/status", timeout=1.0) as response:  # noqa: S310
-                position = json.loads(response.read()).get("wal_position")
-        except (urllib.error.URLError, OSError, ValueError):
-            position = None
+        code, body = request_json(f"{api_url}/status", timeout=1.0)
+        position = body.get("wal_position") if code == 200 else None
         if position is not None and Lsn.parse(str(position)) > lsn:
             return True
         time.sleep(0.01)

@@ -7,11 +7,8 @@ decision, and publishes this member's state with the decision's sentence.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -33,6 +30,7 @@ from pgwarden.ha.decide import decide
 from pgwarden.ha.view import STAR, ClusterView, LocalState, Standby
 from pgwarden.logs import get_logger
 from pgwarden.model import ClusterState, Lsn, MemberInfo, PgState, Role, Tags
+from pgwarden.peers import request_json
 from pgwarden.postgres import sql
 from pgwarden.postgres.instance import Instance
 
@@ -257,11 +255,7 @@ def _max(a: Lsn | None, b: Lsn | None) -> Lsn | None:
 
 
 def _ask_position(url: str) -> Lsn | None:
-    try:
-        with urllib.request.urlopen(f"{url}/status", timeout=PEER_TIMEOUT) as response:  # noqa: S310
-            data = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-    if data.get("state") != "running" or data.get("wal_position") is None:
+    code, data = request_json(f"{url}/status", timeout=PEER_TIMEOUT)
+    if code != 200 or data.get("state") != "running" or data.get("wal_position") is None:
         return None
     return Lsn.parse(str(data["wal_position"]))

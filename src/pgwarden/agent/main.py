@@ -27,6 +27,7 @@ from pgwarden.errors import PgwardenError
 from pgwarden.ha.fence import FenceClient
 from pgwarden.logs import bind_identity, get_logger
 from pgwarden.model import DynamicConfig, PgState, SyncMode, Tags
+from pgwarden.peers import configure_tls
 from pgwarden.postgres import sql
 from pgwarden.postgres.conf import InstanceSpec
 from pgwarden.postgres.instance import Instance
@@ -116,7 +117,10 @@ class Agent:
         spec = instance_spec(settings)
         self.instance = Instance(spec, spec.data_dir.with_name(spec.data_dir.name + ".log"))
         api_host, api_port = split_host_port(settings.api.listen) or ("127.0.0.1", 8008)
-        self.api_url = f"http://{api_host}:{api_port}"
+        api = settings.api
+        tls = (str(api.tls_cert_file), str(api.tls_key_file)) if api.tls_cert_file else None
+        self.api_url = f"{'https' if tls else 'http'}://{api_host}:{api_port}"
+        configure_tls(api.tls_ca_file)
         self.store = ZooKeeperStore(
             ",".join(settings.dcs.hosts),
             settings.cluster,
@@ -169,6 +173,7 @@ class Agent:
             self.cluster,
             control=handlers(self),
             token=_read_token(settings.api.token_file),
+            tls=tls,
         )
 
     # ----------------------------------------------------------------- callbacks

@@ -14,7 +14,7 @@ from pgwarden.cli.render import emit_json, output_option
 from pgwarden.config import load_config
 from pgwarden.control import MemberNow, Plan, Refused, plan_failover, plan_switchover
 from pgwarden.model import ClusterState
-from pgwarden.peers import members_now
+from pgwarden.peers import configure_tls, members_now
 
 WAIT_TIMEOUT = 30.0
 
@@ -40,6 +40,7 @@ def _execute(
     from pgwarden.dcs.zookeeper import ZooKeeperStore  # noqa: PLC0415
 
     settings = load_config(config_path)
+    configure_tls(settings.api.tls_ca_file)
     store = ZooKeeperStore(",".join(settings.dcs.hosts), settings.cluster, root=settings.dcs.root)
     store.start(timeout=5.0)
     try:

@@ -11,7 +11,7 @@ from pgwarden.cli.common import config_option
 from pgwarden.cli.render import emit_json, output_option
 from pgwarden.config import Settings, load_config
 from pgwarden.errors import PgwardenError
-from pgwarden.peers import request_json
+from pgwarden.peers import configure_tls, request_json
 
 
 def _token(settings: Settings) -> str:
@@ -30,6 +30,7 @@ def _call(
     from pgwarden.dcs.zookeeper import ZooKeeperStore  # noqa: PLC0415
 
     settings = load_config(config_path)
+    configure_tls(settings.api.tls_ca_file)
     token = _token(settings)
     store = ZooKeeperStore(",".join(settings.dcs.hosts), settings.cluster, root=settings.dcs.root)
     store.start(timeout=5.0)
