@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -62,6 +62,37 @@ def emit(result: dict[str, Any], path: Path | None) -> None:
     print(text, flush=True)
     if path is not None:
         path.write_text(text + "\n")
+
+
+class Recording:
+    """Outcome of `recording`: whether the run was interrupted (exit code 130)."""
+
+    interrupted = False
+
+
+@contextlib.contextmanager
+def recording(result: dict[str, Any]) -> Iterator[Recording]:
+    """Run a benchmark body: an error goes into result["errors"] (the lab is kept by the
+    body's own bookkeeping), Ctrl-C or a signal marks the run interrupted."""
+    outcome = Recording()
+    try:
+        yield outcome
+    except (KeyboardInterrupt, Interrupted) as exc:
+        log("interrupted; lab torn down", reason=exc or "Ctrl-C")
+        outcome.interrupted = True
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON; the lab is kept
+        result["errors"].append(f"{type(exc).__name__}: {exc}")
+        log("benchmark failed", error=exc)
+
+
+def conclude(
+    result: dict[str, Any], bench: Bench, started: float, path: Path | None, failing: Sequence[str]
+) -> int:
+    """Finish the JSON, print and save it; exit 1 if any `failing` key is set, else 0."""
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    result["lab_directory"] = bench.directory if bench.keep_files else None
+    emit(result, path)
+    return 1 if any(result.get(key) for key in failing) else 0
 
 
 def max_gap(writer: Writer) -> float:

@@ -38,14 +38,14 @@ from typing import Any
 from _common import (
     FAULTS,
     Bench,
-    Interrupted,
     Outcome,
-    emit,
+    conclude,
     first_committer,
     last_commit_by,
     log,
     longest_gap,
     max_gap,
+    recording,
 )
 
 from pgwarden.lab.writer import Writer
@@ -217,51 +217,43 @@ def main() -> int:
         "settings": bench.settings,
         "errors": [],
     }
-    try:
-        with bench.running():
-            outcomes: list[Outcome] = []
-            try:
-                chaos(args, bench, result, outcomes)
-                report = bench.finish()
-            finally:
-                assert bench.writer is not None
-                changes = primary_changes(bench.writer)
-                events = false_failovers(changes, outcomes, bench.t0)
-                result["false_failover_events"] = events
-                result["false_failovers"] = len(events)
-            result["lost_writes"] = len(report.lost_writes)
-            result["split_brain"] = len(report.split_brain)
-            result["acknowledged"] = report.acknowledged
-            result["by_member"] = report.by_member
-            result["max_unavailable_s"] = round(max_gap(bench.writer), 3)
-            if report.lost_writes:
-                result["lost_ids_sample"] = report.lost_writes[:20]
-            if report.split_brain:
-                result["split_brain_pairs"] = report.split_brain
-            if (
-                result["errors"]
-                or report.lost_writes
-                or report.split_brain
-                or result["false_failovers"]
-                or result["commits_past_deadline"]
-            ):
-                bench.keep_files = True
-    except (KeyboardInterrupt, Interrupted) as exc:
-        log("interrupted; lab torn down", reason=exc or "Ctrl-C")
+    with recording(result) as outcome, bench.running():
+        outcomes: list[Outcome] = []
+        try:
+            chaos(args, bench, result, outcomes)
+            report = bench.finish()
+        finally:
+            assert bench.writer is not None
+            changes = primary_changes(bench.writer)
+            events = false_failovers(changes, outcomes, bench.t0)
+            result["false_failover_events"] = events
+            result["false_failovers"] = len(events)
+        result["lost_writes"] = len(report.lost_writes)
+        result["split_brain"] = len(report.split_brain)
+        result["acknowledged"] = report.acknowledged
+        result["by_member"] = report.by_member
+        result["max_unavailable_s"] = round(max_gap(bench.writer), 3)
+        if report.lost_writes:
+            result["lost_ids_sample"] = report.lost_writes[:20]
+        if report.split_brain:
+            result["split_brain_pairs"] = report.split_brain
+        if (
+            result["errors"]
+            or report.lost_writes
+            or report.split_brain
+            or result["false_failovers"]
+            or result["commits_past_deadline"]
+        ):
+            bench.keep_files = True
+    if outcome.interrupted:
         return 130
-    except Exception as exc:  # noqa: BLE001 - reported in the JSON; the lab is kept
-        result["errors"].append(f"{type(exc).__name__}: {exc}")
-        log("benchmark failed", error=exc)
-    result["wall_s"] = round(time.monotonic() - started, 1)
-    result["lab_directory"] = bench.directory if bench.keep_files else None
-    emit(result, args.json)
-    failed = (
-        result["errors"]
-        or result["lost_writes"]
-        or result["split_brain"]
-        or result["false_failovers"]
+    return conclude(
+        result,
+        bench,
+        started,
+        args.json,
+        ("errors", "lost_writes", "split_brain", "false_failovers"),
     )
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":

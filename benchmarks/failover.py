@@ -30,12 +30,12 @@ from _common import (
     HOST_LOSS,
     POSTGRES_CRASH,
     Bench,
-    Interrupted,
-    emit,
+    conclude,
     first_committer,
     last_commit_by,
     log,
     max_gap,
+    recording,
 )
 
 TARGET_MEDIAN_S = {HOST_LOSS: 5.0, HOST_FREEZE: 5.0, POSTGRES_CRASH: 1.5}
@@ -108,41 +108,30 @@ def main() -> int:
         "errors": [],
         "details": [],
     }
-    try:
-        with bench.running():
-            run(args, bench, result)
-            assert bench.writer is not None
-            report = bench.finish()
-            result["lost_writes"] = len(report.lost_writes)
-            result["split_brain"] = len(report.split_brain)
-            result["acknowledged"] = report.acknowledged
-            result["by_member"] = report.by_member
-            result["max_unavailable_s"] = round(max_gap(bench.writer), 3)
-            if report.lost_writes:
-                result["lost_ids_sample"] = report.lost_writes[:20]
-            if report.split_brain:
-                result["split_brain_pairs"] = report.split_brain
-            measured = [s for s in result["runs"] if s is not None]
-            if measured:
-                result["median_s"] = round(statistics.median(measured), 3)
-                result["max_s"] = max(measured)
-            missed = result["median_s"] is None or (
-                result["median_s"] > TARGET_MEDIAN_S[args.fault]
-            )
-            past = result["commits_past_deadline"]
-            if result["errors"] or report.lost_writes or report.split_brain or missed or past:
-                bench.keep_files = True
-    except (KeyboardInterrupt, Interrupted) as exc:
-        log("interrupted; lab torn down", reason=exc or "Ctrl-C")
+    with recording(result) as outcome, bench.running():
+        run(args, bench, result)
+        assert bench.writer is not None
+        report = bench.finish()
+        result["lost_writes"] = len(report.lost_writes)
+        result["split_brain"] = len(report.split_brain)
+        result["acknowledged"] = report.acknowledged
+        result["by_member"] = report.by_member
+        result["max_unavailable_s"] = round(max_gap(bench.writer), 3)
+        if report.lost_writes:
+            result["lost_ids_sample"] = report.lost_writes[:20]
+        if report.split_brain:
+            result["split_brain_pairs"] = report.split_brain
+        measured = [s for s in result["runs"] if s is not None]
+        if measured:
+            result["median_s"] = round(statistics.median(measured), 3)
+            result["max_s"] = max(measured)
+        missed = result["median_s"] is None or (result["median_s"] > TARGET_MEDIAN_S[args.fault])
+        past = result["commits_past_deadline"]
+        if result["errors"] or report.lost_writes or report.split_brain or missed or past:
+            bench.keep_files = True
+    if outcome.interrupted:
         return 130
-    except Exception as exc:  # noqa: BLE001 - reported in the JSON; the lab is kept
-        result["errors"].append(f"{type(exc).__name__}: {exc}")
-        log("benchmark failed", error=exc)
-    result["wall_s"] = round(time.monotonic() - started, 1)
-    result["lab_directory"] = bench.directory if bench.keep_files else None
-    emit(result, args.json)
-    failed = result["errors"] or result["lost_writes"] or result["split_brain"]
-    return 1 if failed else 0
+    return conclude(result, bench, started, args.json, ("errors", "lost_writes", "split_brain"))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import Bench, Interrupted, emit, log, longest_gap
+from _common import Bench, conclude, log, longest_gap, recording
 
 WINDOW_S = 5.0  # the gap is measured from the command's start to this much after it
 WARMUP_S = 1.0  # writes before each switchover
@@ -152,37 +152,28 @@ def main() -> int:
         "errors": [],
         "details": [],
     }
-    try:
-        with bench.running():
-            offsets = _log_sizes(bench)
-            run(args, bench, result)
-            report = bench.finish()
-            result["lost_writes"] = len(report.lost_writes)
-            result["split_brain"] = len(report.split_brain)
-            result["acknowledged"] = report.acknowledged
-            result["by_member"] = report.by_member
-            result["rewinds"] = _count_events(bench, offsets, {"ha.rewind", "ha.clone"})
-            if report.lost_writes:
-                result["lost_ids_sample"] = report.lost_writes[:20]
-            if report.split_brain:
-                result["split_brain_pairs"] = report.split_brain
-            if result["runs"]:
-                result["median_unavailable_s"] = round(statistics.median(result["runs"]), 3)
-                result["max_unavailable_s"] = max(result["runs"])
-            missed = (result["median_unavailable_s"] or 0) > TARGET_MEDIAN_S
-            if result["errors"] or report.lost_writes or report.split_brain or missed:
-                bench.keep_files = True
-    except (KeyboardInterrupt, Interrupted) as exc:
-        log("interrupted; lab torn down", reason=exc or "Ctrl-C")
+    with recording(result) as outcome, bench.running():
+        offsets = _log_sizes(bench)
+        run(args, bench, result)
+        report = bench.finish()
+        result["lost_writes"] = len(report.lost_writes)
+        result["split_brain"] = len(report.split_brain)
+        result["acknowledged"] = report.acknowledged
+        result["by_member"] = report.by_member
+        result["rewinds"] = _count_events(bench, offsets, {"ha.rewind", "ha.clone"})
+        if report.lost_writes:
+            result["lost_ids_sample"] = report.lost_writes[:20]
+        if report.split_brain:
+            result["split_brain_pairs"] = report.split_brain
+        if result["runs"]:
+            result["median_unavailable_s"] = round(statistics.median(result["runs"]), 3)
+            result["max_unavailable_s"] = max(result["runs"])
+        missed = (result["median_unavailable_s"] or 0) > TARGET_MEDIAN_S
+        if result["errors"] or report.lost_writes or report.split_brain or missed:
+            bench.keep_files = True
+    if outcome.interrupted:
         return 130
-    except Exception as exc:  # noqa: BLE001 - reported in the JSON; the lab is kept
-        result["errors"].append(f"{type(exc).__name__}: {exc}")
-        log("benchmark failed", error=exc)
-    result["wall_s"] = round(time.monotonic() - started, 1)
-    result["lab_directory"] = bench.directory if bench.keep_files else None
-    emit(result, args.json)
-    failed = result["errors"] or result["lost_writes"] or result["split_brain"]
-    return 1 if failed else 0
+    return conclude(result, bench, started, args.json, ("errors", "lost_writes", "split_brain"))
 
 
 if __name__ == "__main__":
