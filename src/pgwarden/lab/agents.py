@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import signal
 import sys
 import time
@@ -97,15 +98,21 @@ def process_name(member: str) -> str:
     return f"agent-{member}"
 
 
-def start_agent(directory: Path, registry: Registry, lab_id: str, name: str) -> None:
+def start_agent(
+    directory: Path, registry: Registry, lab_id: str, name: str, user: str | None = None
+) -> None:
+    """Start member `name`'s agent (as `user` when given, as production does)."""
     config = directory / "agents" / f"{name}.yml"
     env = dict(os.environ) | {LAB_ID_ENV: lab_id}
+    if user is not None:
+        env |= {"HOME": pwd.getpwnam(user).pw_dir, "USER": user, "LOGNAME": user}
     spawn(
         registry,
         process_name(name),
         [sys.executable, "-m", "pgwarden", "--log-level", "info", "agent", "-c", str(config)],
         directory / "agents" / f"{name}.log",
         env=env,
+        user=user,
     )
 
 

@@ -103,7 +103,8 @@ class HaCluster:
         deadline = time.monotonic() + 10
         while record is not None and is_running(record) and time.monotonic() < deadline:
             time.sleep(0.05)
-        agents.start_agent(self.lab.directory, self.lab.registry, self.lab.lab_id, name)
+        user = self.lab.state.get("agents_user")
+        agents.start_agent(self.lab.directory, self.lab.registry, self.lab.lab_id, name, user=user)
 
 
 def finish(cluster: HaCluster, writer: Writer) -> Report:

@@ -52,6 +52,8 @@ class LabSpec:
     # Run a pgwarden agent per member; the agents bootstrap and clone the cluster.
     agents: bool = False
     synchronous_mode: str = "off"
+    # Run the agents as this OS user (as systemd does in production), not as ourselves.
+    agents_user: str | None = None
 
     def validate(self) -> None:
         if self.zookeeper_nodes not in (0, 1, 3):
@@ -90,6 +92,7 @@ class Lab:
             "s3": asdict(s3.plan()) if spec.s3 else None,
             "postgres": None,
             "agents": spec.agents,
+            "agents_user": spec.agents_user,
             "synchronous_mode": spec.synchronous_mode,
         }
         if spec.postgres_nodes:
@@ -226,9 +229,13 @@ class Lab:
             )
             for m in pg_state["members"]
         }
-        agents.write_configs(self.directory, configs)
+        paths = agents.write_configs(self.directory, configs)
+        runner = self.state.get("agents_user")
+        if runner:
+            for path in (pg_dir, storage, token.parent, token, *paths.values()):
+                pg.chown_to(path, runner)
         for name in configs:
-            agents.start_agent(self.directory, self.registry, self.lab_id, name)
+            agents.start_agent(self.directory, self.registry, self.lab_id, name, user=runner)
         agents.wait_formed(self.registry, pg_state["members"])
 
     def agent_url(self, name: str) -> str:
