@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -149,6 +150,9 @@ LEADER = [
     case("healthy-primary", lead(primary(5_000)), (UpdateOptime(Lsn(5_000)), SLOTS),
          "I am the leader, a healthy primary on timeline 3"),
     case("position-unknown", lead(primary(wal_position=None)), (SLOTS,), "I am the leader"),
+    case("keeps-slots-of-recent-members",
+         lead(replace(primary(5_000), recent_members=frozenset({"d", "a"}))),
+         (UpdateOptime(Lsn(5_000)), EnsureSlots(frozenset({"b", "c", "d"}))), "I am the leader"),
     case("sync-requires-standby",
          lead(primary(5_000, standbys=(B_STREAMS,)), config=SYNC_ON, sync=SYNC_KEY_4),
          (UpdateOptime(Lsn(5_000)), SLOTS, SetSyncStandbys(frozenset({"b"}))),

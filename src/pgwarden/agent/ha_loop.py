@@ -37,6 +37,8 @@ from pgwarden.postgres.instance import Instance
 log = get_logger("ha")
 
 PEER_TIMEOUT = 0.5
+# How long the leader keeps the replication slot of a member that is no longer registered.
+SLOT_RETENTION_S = 30 * 60.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class HaLoop:
         self._follow_up = False
         self.ticked_at: float | None = None  # monotonic end of the last completed tick
         self.operator_request: str | None = None  # "restart" or "reinit", from the API
+        self._last_seen: dict[str, float] = {}  # member -> monotonic time last registered
 
     # ----------------------------------------------------------------- observe
     def observe(self) -> LocalState:
@@ -122,6 +125,15 @@ class HaLoop:
             standbys=standbys,
         )
 
+    def _recent_members(self, cluster: ClusterState) -> frozenset[str]:
+        now = time.monotonic()
+        for name in cluster.members:
+            self._last_seen[name] = now
+        for name, seen in list(self._last_seen.items()):
+            if now - seen > SLOT_RETENTION_S:
+                del self._last_seen[name]
+        return frozenset(self._last_seen) - set(cluster.members)
+
     def _confirm_sync(self, standbys: tuple[Standby, ...]) -> None:
         """Record the WAL position once every configured synchronous standby shows as
         synchronous: commits acknowledged after it waited for all of them."""
@@ -152,6 +164,7 @@ class HaLoop:
             log.warning("store.unreadable", error=str(exc))
         lease = self.keeper.snapshot()
         cluster = self.cluster
+        local = replace(local, recent_members=self._recent_members(cluster))
         try:
             self.executor.sync_parameters(cluster)
         except PgwardenError as exc:

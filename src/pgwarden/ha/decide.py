@@ -211,7 +211,8 @@ def _lead(view: ClusterView, now: float) -> Decision:
     acts: list[Action] = []
     if local.wal_position is not None:
         acts.append(UpdateOptime(local.wal_position))
-    acts.append(EnsureSlots(frozenset(n for n in cluster.members if n != view.me)))
+    keep = (set(cluster.members) | local.recent_members) - {view.me}
+    acts.append(EnsureSlots(frozenset(keep)))
     sync_actions, sync_reason = plan_sync(view)
     acts.extend(sync_actions)
     reason = f"I am the leader, a healthy primary on timeline {local.timeline}"

@@ -48,6 +48,9 @@ class LocalState:
     tags: Tags = field(default_factory=Tags)
     # An operator's request through the API: "restart" or "reinit" (replicas only).
     requested: str | None = None
+    # Members registered recently but not now (an agent restarting, a host rebooting):
+    # the leader keeps their replication slots for a while so they can resume streaming.
+    recent_members: frozenset[str] = frozenset()
 
     @property
     def running(self) -> bool:
