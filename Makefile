@@ -50,6 +50,7 @@ CHAOS_MINUTES ?= 3
 bench: install
 	@mkdir -p bench-results
 	$(PY) benchmarks/lab_up.py --json bench-results/lab_up.json
+	$(PY) benchmarks/codec.py --json bench-results/codec.json
 	@set -e; for fault in host_loss host_freeze postgres_crash; do \
 		$(PY) benchmarks/failover.py --runs 5 --fault $$fault --json bench-results/failover_$$fault.json; \
 	done
