@@ -394,8 +394,10 @@ def first_committer(writer: Writer, since: float) -> str | None:
 
 
 def last_commit_by(writer: Writer, member: str, since: float) -> float | None:
-    """Seconds from `since` to the last commit `member` acknowledged after it."""
-    times = [a.acked for a in writer.snapshot() if a.member == member and a.acked >= since]
+    """Seconds from `since` to the acknowledgement of the last commit `member` accepted
+    after it: sent at or after `since`. A commit already in flight when a host froze is
+    acknowledged on thaw but was accepted before the fault; lost_writes judges those."""
+    times = [a.acked for a in writer.snapshot() if a.member == member and a.sent >= since]
     return max(times) - since if times else None
 
 

@@ -125,29 +125,38 @@ class Writer:
         return None
 
     def split_brain(self, gap: float = 1.0) -> list[tuple[str, str]]:
-        """Pairs of members that acknowledged commits during overlapping periods.
+        """Pairs of members that accepted new writes at the same time.
 
         A member's acknowledgements are grouped into periods, split where it acknowledged
-        nothing for `gap` seconds; a failover (or a later failback) leaves a gap between
-        the old and the new primary's periods, two primaries at once do not.
+        nothing for `gap` seconds. When two members' periods overlap, the one whose first
+        commit was sent later took over; the earlier one is in split brain only if it acknowledged a
+        commit *sent* after the later one's first acknowledged commit was sent. A commit
+        already in flight when a host froze, acknowledged on thaw, was accepted before the
+        takeover: whether it survived is what `lost_writes` judges.
         """
-        periods: list[tuple[float, float, str]] = []
-        by_member: dict[str, list[float]] = {}
+        periods: list[tuple[float, float, str, list[Ack]]] = []
+        by_member: dict[str, list[Ack]] = {}
         for ack in self.snapshot():
-            by_member.setdefault(ack.member, []).append(ack.acked)
-        for member, times in by_member.items():
-            times.sort()
-            start = prev = times[0]
-            for moment in times[1:]:
-                if moment - prev > gap:
-                    periods.append((start, prev, member))
-                    start = moment
-                prev = moment
-            periods.append((start, prev, member))
+            by_member.setdefault(ack.member, []).append(ack)
+        for member, acks in by_member.items():
+            acks.sort(key=lambda a: a.acked)
+            current = [acks[0]]
+            for ack in acks[1:]:
+                if ack.acked - current[-1].acked > gap:
+                    periods.append((current[0].acked, current[-1].acked, member, current))
+                    current = []
+                current.append(ack)
+            periods.append((current[0].acked, current[-1].acked, member, current))
         pairs: set[tuple[str, str]] = set()
-        for i, (a_start, a_end, a) in enumerate(periods):
-            for b_start, b_end, b in periods[i + 1 :]:
-                if a != b and a_start <= b_end and b_start <= a_end:
+        for i, (a_start, a_end, a, a_acks) in enumerate(periods):
+            for b_start, b_end, b, b_acks in periods[i + 1 :]:
+                if a == b or not (a_start <= b_end and b_start <= a_end):
+                    continue
+                # The period whose first commit was sent first is the earlier primary's.
+                a_first, b_first = min(x.sent for x in a_acks), min(x.sent for x in b_acks)
+                earlier, later = (a_acks, b_acks) if a_first <= b_first else (b_acks, a_acks)
+                takeover = min(x.sent for x in later)
+                if any(x.sent > takeover for x in earlier):
                     pairs.add((min(a, b), max(a, b)))
         return sorted(pairs)
 
