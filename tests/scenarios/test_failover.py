@@ -116,3 +116,23 @@ def test_primary_cut_off_from_zookeeper_rejoins_after_heal(
     assert report.split_brain == []
     if synchronous_mode == "on":
         assert report.lost_writes == []
+
+
+def test_losing_the_synchronous_standby_stalls_writes_only_briefly(make_ha_cluster, make_writer):
+    cluster = make_ha_cluster()
+    writer = make_writer(cluster)
+    primary = cluster.wait_converged()
+    standby = cluster.sync_members(primary)[0]
+    time.sleep(0.5)
+    fault = time.monotonic()
+    cluster.signal_host(standby, signal.SIGKILL)
+    time.sleep(3 * TTL)
+    acks = sorted(a.acked for a in writer.snapshot() if a.acked > fault - 0.5)
+    gaps = [b - a for a, b in zip(acks, acks[1:], strict=False)]
+    assert acks and acks[-1] > fault + 2 * TTL, "writes did not resume"
+    assert max(gaps) < 2 * TTL, f"writes stalled {max(gaps):.1f} s after the standby died"
+    assert cluster.primary() == primary
+    cluster.restart_agent(standby)
+    report = finish(cluster, writer)
+    assert report.lost_writes == []
+    assert report.split_brain == []

@@ -135,13 +135,18 @@ class HaLoop:
         return frozenset(self._last_seen) - set(cluster.members)
 
     def _confirm_sync(self, standbys: tuple[Standby, ...]) -> None:
-        """Record the WAL position once every configured synchronous standby shows as
-        synchronous: commits acknowledged after it waited for all of them."""
+        """Record the WAL position once every connected standby of the configured set shows
+        as synchronous (the new setting is in effect): commits acknowledged after it
+        waited for all of them that are connected."""
         names = self.memory.sync_standby_names
         if not names or STAR in names or self.memory.sync_confirmed_lsn is not None:
             return
+        # Only connected standbys can acknowledge anything: a listed one that is gone (its
+        # host died) must not keep the new setting from being confirmed, or writes that
+        # wait for it stay blocked until wal_sender_timeout.
+        connected = {s.name for s in standbys}
         synchronous = {s.name for s in standbys if s.sync_state in ("sync", "quorum")}
-        if names <= synchronous:
+        if (names & connected) and (names & connected) <= synchronous:
             seen = sql.observe(self.instance.spec, timeout=1.0)
             if seen is not None and seen.current_lsn is not None:
                 self.memory.sync_confirmed_lsn = seen.current_lsn
