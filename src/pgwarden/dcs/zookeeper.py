@@ -137,6 +137,14 @@ class ZooKeeperStore(TreeStore):
             raise StoreError(
                 f"could not connect to ZooKeeper at {self.hosts} within {timeout:g} s"
             ) from None
+        # kazoo returns from start() as soon as the session is live, possibly before our
+        # state listener has run on its thread: record the state now, or the first request
+        # would see the initial LOST and fail.
+        client_id = client.client_id
+        if client.connected and client_id:
+            with self._lock:
+                if self._client is client and self._state is not SessionState.CONNECTED:
+                    self._state, self._session = SessionState.CONNECTED, client_id[0]
         try:
             tree = self._tree()
             for path in self.keys.directories:
