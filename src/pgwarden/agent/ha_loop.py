@@ -105,9 +105,7 @@ class HaLoop:
             return local
         if state is PgState.STARTING:
             self.postmaster.mark_ready()
-        position = (
-            seen.current_lsn if not seen.in_recovery else _max(seen.received_lsn, seen.replayed_lsn)
-        )
+        position = seen.wal_position
         standbys: tuple[Standby, ...] = ()
         if not seen.in_recovery:
             standbys = tuple(
@@ -265,11 +263,6 @@ class HaLoop:
 
 def _sync_wanted(view: ClusterView) -> bool:
     return view.cluster.config.synchronous_mode.value != "off" and not view.cluster.sync.members
-
-
-def _max(a: Lsn | None, b: Lsn | None) -> Lsn | None:
-    values = [v for v in (a, b) if v is not None]
-    return max(values) if values else None
 
 
 def _ask_position(url: str) -> Lsn | None:

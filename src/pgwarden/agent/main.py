@@ -210,14 +210,8 @@ class Agent:
         )
         state = self.postmaster.state
         seen = sql.observe(self.instance.spec, timeout=0.5) if state is PgState.RUNNING else None
-        if seen is None:
-            role, position = "unknown", None
-        elif seen.in_recovery:
-            role = "replica"
-            values = [v for v in (seen.received_lsn, seen.replayed_lsn) if v is not None]
-            position = max(values) if values else None
-        else:
-            role, position = "primary", seen.current_lsn
+        position = seen.wal_position if seen else None
+        role = "unknown" if seen is None else ("replica" if seen.in_recovery else "primary")
         lag = None
         if cluster.optime is not None and position is not None:
             lag = max(0, cluster.optime - position)
@@ -242,13 +236,7 @@ class Agent:
         """Observed now, not at the last tick: peers compare WAL positions with it."""
         state = self.postmaster.state
         seen = sql.observe(self.instance.spec, timeout=0.5) if state is PgState.RUNNING else None
-        position = None
-        if seen is not None:
-            if seen.in_recovery:
-                values = [v for v in (seen.received_lsn, seen.replayed_lsn) if v is not None]
-                position = max(values) if values else None
-            else:
-                position = seen.current_lsn
+        position = seen.wal_position if seen else None
         return {
             "name": self.me,
             "state": state.value if seen is not None else "not answering",

@@ -9,9 +9,8 @@ from typing import Any
 
 import click
 
-from pgwarden.cli.common import config_option
+from pgwarden.cli.common import config_option, open_store
 from pgwarden.cli.render import emit_json, output_option
-from pgwarden.config import load_config
 from pgwarden.control import MemberNow, Plan, Refused, plan_failover, plan_switchover
 from pgwarden.model import ClusterState
 from pgwarden.peers import configure_tls, members_now
@@ -37,13 +36,8 @@ def _parse_at(text: str | None) -> float:
 def _execute(
     config_path: Path, kind: str, build: Any, dry_run: bool, wait: bool, output: str
 ) -> None:
-    from pgwarden.dcs.zookeeper import ZooKeeperStore  # noqa: PLC0415
-
-    settings = load_config(config_path)
-    configure_tls(settings.api.tls_ca_file)
-    store = ZooKeeperStore(",".join(settings.dcs.hosts), settings.cluster, root=settings.dcs.root)
-    store.start(timeout=5.0)
-    try:
+    with open_store(config_path) as (settings, store):
+        configure_tls(settings.api.tls_ca_file)
         cluster = store.read()
         plan: Plan = build(cluster, members_now(cluster))
         if dry_run:
@@ -85,8 +79,6 @@ def _execute(
             f"{plan.candidate} did not become the primary within {WAIT_TIMEOUT:g} s; "
             "the request was withdrawn"
         )
-    finally:
-        store.stop()
 
 
 def _show(plan: Plan, outcome: str, output: str) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from pgwarden.cli.common import config_option
+from pgwarden.cli.common import config_option, open_store
 from pgwarden.cli.render import emit_json, output_option
-from pgwarden.config import Settings, load_config
+from pgwarden.config import Settings
 from pgwarden.errors import PgwardenError
 from pgwarden.peers import configure_tls, request_json
 
@@ -27,17 +27,10 @@ def _token(settings: Settings) -> str:
 def _call(
     config_path: Path, path: str, members: tuple[str, ...], body: dict[str, Any], output: str
 ) -> None:
-    from pgwarden.dcs.zookeeper import ZooKeeperStore  # noqa: PLC0415
-
-    settings = load_config(config_path)
-    configure_tls(settings.api.tls_ca_file)
-    token = _token(settings)
-    store = ZooKeeperStore(",".join(settings.dcs.hosts), settings.cluster, root=settings.dcs.root)
-    store.start(timeout=5.0)
-    try:
+    with open_store(config_path) as (settings, store):
+        configure_tls(settings.api.tls_ca_file)
+        token = _token(settings)
         cluster = store.read()
-    finally:
-        store.stop()
     names = list(members) or sorted(cluster.members)
     unknown = [n for n in names if n not in cluster.members]
     if unknown:

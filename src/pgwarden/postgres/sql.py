@@ -53,6 +53,15 @@ class Observation:
     replay_timestamp: float | None  # replica: commit time of the last replayed transaction
     streaming_from: str | None  # replica: "host:port" of its sender while streaming
 
+    @property
+    def wal_position(self) -> Lsn | None:
+        """The furthest WAL this instance holds: current on a primary, else the furthest
+        of received and replayed."""
+        if not self.in_recovery:
+            return self.current_lsn
+        values = [v for v in (self.received_lsn, self.replayed_lsn) if v is not None]
+        return max(values) if values else None
+
 
 @dataclass(frozen=True)
 class ReplicaStat:
