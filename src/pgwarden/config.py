@@ -237,6 +237,10 @@ class S3Storage(_Section):
     endpoint_url: EndpointUrl | None = None
     region: Text | None = None
     profile: Text | None = None
+    # An AWS shared credentials file (`[default]` or `[<profile>]` with aws_access_key_id
+    # and aws_secret_access_key), for hosts where the environment cannot carry them:
+    # archive_command and restore_command run with PostgreSQL's environment.
+    credentials_file: AbsolutePath | None = None
     force_path_style: Flag = False
     sse: Literal["none", "AES256", "aws:kms"] = "none"
     kms_key_id: Text | None = None

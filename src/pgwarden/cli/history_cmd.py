@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from pgwarden.cli.common import config_option, open_store
-from pgwarden.cli.render import emit_json, output_option
+from pgwarden.cli.render import emit_json, output_option, table
 from pgwarden.model import HistoryEntry
 
 _EXIT_CODES = """\b
@@ -38,9 +38,7 @@ def history_command(config_path: Path, output: str) -> None:
     if not history:
         click.echo(f"no timeline switches recorded for cluster {settings.cluster}")
         return
-    _table(
-        ("TL", "LSN", "TIME (UTC)", "OLD LEADER", "NEW LEADER", "REASON"), _history_rows(history)
-    )
+    table(("TL", "LSN", "TIME (UTC)", "OLD LEADER", "NEW LEADER", "REASON"), _history_rows(history))
 
 
 def _history_rows(history: Sequence[HistoryEntry]) -> list[tuple[str, ...]]:
@@ -98,7 +96,7 @@ def events_command(
         (_when(event["time"]), event["kind"], *_member_and_details(event["data"]))
         for event in events
     ]
-    _table(("TIME (UTC)", "KIND", "MEMBER", "DETAILS"), rows)
+    table(("TIME (UTC)", "KIND", "MEMBER", "DETAILS"), rows)
 
 
 def _member_and_details(data: Mapping[str, Any]) -> tuple[str, str]:
@@ -130,12 +128,3 @@ def _iso(seconds: Any) -> str | None:
     if not isinstance(seconds, int | float):
         return None
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
-
-
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    """Left-aligned columns; the last one (free text) is not padded."""
-    table = [header, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    for row in table:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
-        click.echo("  ".join([*cells, row[-1]]).rstrip())

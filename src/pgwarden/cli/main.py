@@ -6,6 +6,7 @@ import click
 
 from pgwarden import __version__
 from pgwarden.cli.agent_cmd import agent_command
+from pgwarden.cli.backup_cmd import backup_group, restore_command
 from pgwarden.cli.config_cmd import config_group
 from pgwarden.cli.ha_cmd import failover_command, switchover_command
 from pgwarden.cli.history_cmd import events_command, history_command
@@ -13,6 +14,7 @@ from pgwarden.cli.lab_cmd import lab_group
 from pgwarden.cli.list_cmd import list_command
 from pgwarden.cli.member_cmd import reinit_command, reload_command, restart_command
 from pgwarden.cli.pause_cmd import pause_command, resume_command
+from pgwarden.cli.wal_cmd import wal_fetch_command, wal_push_command
 from pgwarden.errors import PgwardenError
 from pgwarden.logs import LEVELS, configure_logging
 
@@ -55,6 +57,10 @@ cli.add_command(failover_command)
 cli.add_command(restart_command)
 cli.add_command(reload_command)
 cli.add_command(reinit_command)
+cli.add_command(backup_group)
+cli.add_command(restore_command)
+cli.add_command(wal_push_command)
+cli.add_command(wal_fetch_command)
 
 
 def main() -> None:

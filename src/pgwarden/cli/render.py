@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -32,3 +32,12 @@ def fail(message: str, code: int = 1) -> None:
     """Print `error: <message>` on stderr and exit with `code`."""
     click.echo(f"error: {message}", err=True)
     raise SystemExit(code)
+
+
+def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """Left-aligned columns; the last one (free text) is not padded."""
+    lines = [header, *rows]
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
+    for row in lines:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())

@@ -67,16 +67,29 @@ def thaw(record: ProcessRecord, *, group: bool = True) -> list[int]:
 
 @dataclass(frozen=True)
 class Cut:
-    """A bidirectional drop of packets between two loopback addresses."""
+    """A bidirectional drop of packets between two loopback addresses; with `refuse`, TCP
+    connections are reset at once instead (a service that is down, not one unreachable)."""
 
     lab_id: str
     a: str
     b: str
+    refuse: bool = False
 
     def rules(self) -> list[list[str]]:
         comment = ["-m", "comment", "--comment", f"{COMMENT_PREFIX}{self.lab_id}"]
+        action = ["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"]
         return [
-            ["INPUT", "-i", "lo", "-s", src, "-d", dst, *comment, "-j", "DROP"]
+            [
+                "INPUT",
+                "-i",
+                "lo",
+                "-s",
+                src,
+                "-d",
+                dst,
+                *comment,
+                *(action if self.refuse else ["-j", "DROP"]),
+            ]
             for src, dst in ((self.a, self.b), (self.b, self.a))
         ]
 
@@ -90,9 +103,9 @@ def _iptables(args: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def cut(lab_id: str, a: str, b: str) -> Cut:
-    """Drop all packets between addresses `a` and `b` until healed."""
-    handle = Cut(lab_id, a, b)
+def cut(lab_id: str, a: str, b: str, *, refuse: bool = False) -> Cut:
+    """Drop all packets (with `refuse`: reset TCP) between `a` and `b` until healed."""
+    handle = Cut(lab_id, a, b, refuse)
     added: list[list[str]] = []
     for rule in handle.rules():
         done = _iptables(["-I", *rule])

@@ -360,9 +360,10 @@ class Lab:
             raise LabError(f"no process named {name!r} in this lab")
         return record
 
-    def cut(self, a: str, b: str) -> faults.Cut:
-        """Drop packets between loopback addresses `a` and `b` until `heal` or `down`."""
-        return faults.cut(self.lab_id, a, b)
+    def cut(self, a: str, b: str, *, refuse: bool = False) -> faults.Cut:
+        """Drop packets between loopback addresses `a` and `b` until `heal` or `down`;
+        with `refuse`, reset TCP connections instead."""
+        return faults.cut(self.lab_id, a, b, refuse=refuse)
 
     def heal(self, handle: faults.Cut) -> None:
         faults.heal(handle)

@@ -43,6 +43,9 @@ def open_store(settings: S3Storage | FsStorage) -> ObjectStore:
         endpoint_url=settings.endpoint_url,
         region=settings.region,
         profile=settings.profile,
+        credentials_file=None
+        if settings.credentials_file is None
+        else str(settings.credentials_file),
         force_path_style=settings.force_path_style,
         sse=settings.sse,
         kms_key_id=settings.kms_key_id,

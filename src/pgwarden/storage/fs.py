@@ -74,6 +74,30 @@ class FsStore:
 
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
+        self._owner: tuple[int, int] | None = None
+        self._owner_known = False
+
+    def _store_owner(self) -> tuple[int, int] | None:
+        """Run as root, new files and directories go to the store directory's owner, so that
+        `pgwarden` run by root and archive_command run by postgres can share one store."""
+        if not self._owner_known and os.geteuid() == 0:
+            try:
+                info = self.directory.stat()
+            except OSError:
+                return None  # not created yet: look again next time
+            self._owner_known = True
+            if info.st_uid != 0:
+                self._owner = (info.st_uid, info.st_gid)
+        return self._owner
+
+    def _adopt(self, target: int | Path) -> None:
+        owner = self._store_owner()
+        if owner is None:
+            return
+        if isinstance(target, int):
+            os.fchown(target, *owner)
+        else:
+            os.chown(target, *owner)
 
     def __repr__(self) -> str:
         return f"FsStore({str(self.directory)!r})"
@@ -111,6 +135,7 @@ class FsStore:
                 if not path.is_dir():
                     raise
                 continue
+            self._adopt(path)
             _fsync_directory(path.parent)
 
     # ------------------------------------------------------------------ writes
@@ -142,12 +167,15 @@ class FsStore:
             try:
                 self._make_directories(path.parent)
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                return os.open(temporary, flags, FILE_MODE), temporary
+                fd = os.open(temporary, flags, FILE_MODE)
             except FileNotFoundError as exc:
                 if attempt == _ATTEMPTS - 1:
                     raise self._error("write", key, exc) from exc
             except OSError as exc:
                 raise self._error("write", key, exc) from exc
+            else:
+                self._adopt(fd)
+                return fd, temporary
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _write(
@@ -209,6 +237,7 @@ class FsStore:
         temporary = self._temporary(path)
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            self._adopt(fd)
             with os.fdopen(fd, "wb") as out:
                 out.write(text)
                 out.flush()

@@ -28,6 +28,7 @@ from functools import partial
 from typing import Any, Literal, TypeVar
 
 import boto3
+import botocore.session
 import tenacity
 from botocore.config import Config
 from botocore.exceptions import (
@@ -102,6 +103,7 @@ class S3Store:
         endpoint_url: str | None = None,
         region: str | None = None,
         profile: str | None = None,
+        credentials_file: str | None = None,
         force_path_style: bool = False,
         sse: SseMode = "none",
         kms_key_id: str | None = None,
@@ -133,7 +135,12 @@ class S3Store:
         if kms_key_id is not None:
             self._sse["SSEKMSKeyId"] = kms_key_id
         try:
-            session = boto3.session.Session(profile_name=profile, region_name=region)
+            core = botocore.session.Session()
+            if credentials_file is not None:
+                core.set_config_variable("credentials_file", credentials_file)
+            session = boto3.session.Session(
+                botocore_session=core, profile_name=profile, region_name=region
+            )
         except ProfileNotFound:
             raise StorageError(f"AWS profile {profile!r} is not defined") from None
         config = Config(

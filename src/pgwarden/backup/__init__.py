@@ -1,0 +1,1 @@
+"""Base backups: create, catalog, verify, restore, retention."""

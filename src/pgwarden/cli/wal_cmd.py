@@ -1,0 +1,47 @@
+"""`pgwarden wal-push %p` (archive_command) and `pgwarden wal-fetch %f %p` (restore_command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pgwarden.cli.common import config_option
+
+# restore_command: PostgreSQL treats exit 1 as "not archived" and stops recovery from
+# the archive; an exit code above 125 would make it abort.
+_NOT_FOUND = 1
+
+
+@click.command("wal-push")
+@config_option
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def wal_push_command(config_path: Path, path: Path) -> None:
+    """Archive one WAL file (use as archive_command = 'pgwarden wal-push %p').
+
+    A file already archived with identical content succeeds; different content fails
+    and the archived file is kept.
+    """
+    from pgwarden.backup.context import BackupContext  # noqa: PLC0415
+    from pgwarden.config import load_config  # noqa: PLC0415
+
+    context = BackupContext.from_settings(load_config(config_path))
+    context.wal.push(path)
+
+
+@click.command("wal-fetch")
+@config_option
+@click.argument("name")
+@click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
+def wal_fetch_command(config_path: Path, name: str, destination: Path) -> None:
+    """Fetch one archived WAL file (restore_command = 'pgwarden wal-fetch %f %p').
+
+    Exit code 1 without a message when the file is not archived: PostgreSQL asks for
+    files past the end of the archive as a matter of course.
+    """
+    from pgwarden.backup.context import BackupContext  # noqa: PLC0415
+    from pgwarden.config import load_config  # noqa: PLC0415
+
+    context = BackupContext.from_settings(load_config(config_path))
+    if not context.wal.fetch(name, destination):
+        raise SystemExit(_NOT_FOUND)

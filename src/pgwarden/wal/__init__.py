@@ -1,0 +1,1 @@
+"""WAL archiving: segment and timeline naming, archive continuity."""

@@ -1,0 +1,303 @@
+"""Base backups end to end: real PostgreSQL archiving through `pgwarden wal-push`, the CLI as
+users run it, restores started and queried. Storage is `fs` here; the S3 endpoint has its
+own tests at the end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from backup_support import Archived, accounts_digest, owned_directory
+
+from pgwarden.codec import Key
+from pgwarden.lab import Lab
+from pgwarden.lab.archiving import s3_storage
+from pgwarden.retry import poll_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def archived(make_cluster: Callable[..., Lab]) -> Archived:
+    lab = make_cluster(nodes=1)
+    work = owned_directory(lab.directory, "work", lab.os_user)
+    store = owned_directory(work, "store", lab.os_user)
+    return Archived(lab, lab.members[0].name, work, {"type": "fs", "directory": str(store)})
+
+
+def stored_objects(archived: Archived, backup: str) -> list[Path]:
+    root = Path(archived.storage["directory"]) / "lab" / "basebackups" / backup
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json")
+
+
+def test_a_full_backup_restores_every_row_and_replays_archived_wal(archived: Archived) -> None:
+    archived.pgbench_init(2)
+    backup = archived.json("backup", "create")
+    assert backup["kind"] == "full" and backup["bad_pages"] == 0
+    assert backup["db_bytes"] > 30_000_000 > backup["stored_bytes"] > 0
+    archived.sql("CREATE TABLE after_backup AS SELECT 42 AS answer")
+    digest = accounts_digest(archived.sql)
+    archived.archive_current_wal()
+
+    listed = archived.json("backup", "list")
+    assert [b["id"] for b in listed] == [backup["id"]]
+    shown = archived.json("backup", "show", "latest")
+    assert shown["id"] == backup["id"] and shown["data_checksums"] is True
+    assert "START WAL LOCATION" in shown["backup_label"]
+
+    target = archived.target("restored")
+    done = archived.pgw("restore", "--target-dir", str(target))
+    assert done.returncode == 0, done.stderr
+    assert f"restored backup {backup['id']}" in done.stdout
+    assert not (target / "postmaster.pid").exists()
+    member = archived.start(target)
+    assert archived.query(member, "SELECT answer FROM after_backup") == [(42,)]
+    assert accounts_digest(lambda q: archived.query(member, q)) == digest
+
+
+def test_an_incremental_backup_uploads_little_and_restores_the_change(archived: Archived) -> None:
+    archived.pgbench_init(4)
+    full = archived.json("backup", "create")
+    archived.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0")
+    archived.sql("CHECKPOINT")
+    incr = archived.json("backup", "create", "--type", "incr")
+    assert incr["kind"] == "incr" and incr["references"] == [full["id"]]
+    # pgbench_accounts changed (1% of rows, on every page) and is stored again; its index
+    # and the other tables are taken from the full backup.
+    assert incr["reused_bytes"] > 10_000_000
+    assert incr["stored_bytes"] < full["stored_bytes"]
+    digest = accounts_digest(archived.sql)
+    archived.archive_current_wal()
+
+    refused = archived.pgw("backup", "delete", full["id"], "--yes")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f"error: backup {full['id']} holds files that {incr['id']} still use; delete those first"
+    )
+    assert [b["id"] for b in archived.json("backup", "list")] == [full["id"], incr["id"]]
+
+    target = archived.target("restored")
+    assert (
+        archived.pgw("restore", "--backup", incr["id"], "--target-dir", str(target)).returncode == 0
+    )
+    member = archived.start(target)
+    assert accounts_digest(lambda q: archived.query(member, q)) == digest
+
+    for ident in (incr["id"], full["id"]):
+        deleted = archived.pgw("backup", "delete", ident, "--yes")
+        assert deleted.returncode == 0, deleted.stderr
+    assert archived.json("backup", "list") == []
+    assert not stored_objects(archived, full["id"])
+
+
+def test_verify_and_restore_name_a_flipped_byte(archived: Archived) -> None:
+    archived.pgbench_init(1)
+    backup = archived.json("backup", "create")
+    assert archived.pgw("backup", "verify").returncode == 0
+    victim = max(stored_objects(archived, backup["id"]), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    key = str(victim.relative_to(archived.storage["directory"]))
+
+    verify = archived.pgw("backup", "verify", backup["id"])
+    assert verify.returncode == 1
+    assert f"backup {backup['id']}: {key}" in verify.stdout
+    assert "1 problem(s)" in verify.stdout
+
+    target = archived.target("restored")
+    restore = archived.pgw("restore", "--target-dir", str(target))
+    assert restore.returncode == 1
+    assert restore.stderr.startswith(f"error: restore into {target} stopped: object {key}")
+    assert len(restore.stderr.strip().splitlines()) == 1
+    assert not (target / "global" / "pg_control").exists()
+    assert not list(target.rglob("*.pgwarden-restore"))
+
+
+def test_an_encrypted_backup_needs_its_key(archived: Archived) -> None:
+    keys = {}
+    for name in ("right", "wrong"):
+        key_file = archived.directory / f"{name}.key"
+        key = Key.generate()
+        key_file.write_bytes(key.secret)
+        key_file.chmod(0o600)
+        keys[name] = key
+    with_key = archived.write_config("with-key.yml", key_file=archived.directory / "right.key")
+    wrong_key = archived.write_config("wrong-key.yml", key_file=archived.directory / "wrong.key")
+    archived.pgbench_init(1)
+    backup = archived.json("backup", "create", config=with_key)
+    assert backup["encrypted"] is True
+    for stored in stored_objects(archived, backup["id"]):
+        assert b"pgbench_accounts" not in stored.read_bytes()
+
+    right_id, wrong_id = keys["right"].key_id, keys["wrong"].key_id
+    manifest = f"lab/basebackups/{backup['id']}/manifest.json"
+    for config, reason in (
+        (archived.config, f"object is encrypted with key id {right_id}, but no key was given"),
+        (wrong_key, f"object is encrypted with key id {right_id}, "
+                    f"but the key given has key id {wrong_id}"),
+    ):  # fmt: skip
+        done = archived.pgw("backup", "list", config=config)
+        assert done.returncode == 1
+        assert done.stderr == f"error: manifest {manifest} cannot be read: {reason}\n"
+    assert archived.pgw("backup", "verify", config=with_key).returncode == 0
+
+
+def test_restore_refuses_a_non_empty_directory_unless_delta(archived: Archived) -> None:
+    archived.pgbench_init(1)
+    archived.json("backup", "create")
+    archived.archive_current_wal()
+    target = owned_directory(archived.directory, "restored", archived.lab.os_user)
+    precious = target / "precious.txt"
+    precious.write_text("keep me")
+    refused = archived.pgw("restore", "--target-dir", str(target))
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"error: {target} is not empty; pass --delta to restore over it (files whose content "
+        "matches are kept, others replaced or removed)\n"
+    )
+    assert precious.read_text() == "keep me"
+
+    precious.unlink()
+    assert archived.pgw("restore", "--target-dir", str(target)).returncode == 0
+    # Damage the copy: change a catalog file, remove one, add a stray.
+    (target / "PG_VERSION").write_text("14\n")
+    (target / "global" / "pg_filenode.map").unlink()
+    (target / "base" / "stray").write_bytes(b"x" * 100)
+    delta = archived.json("restore", "--target-dir", str(target), "--delta")
+    # PG_VERSION, pg_filenode.map, postgresql.auto.conf (the first restore added recovery
+    # settings to it) and pg_control, always written anew.
+    assert delta["files_written"] == 4
+    assert delta["files_kept"] > 900
+    assert delta["files_removed"] >= 1
+    assert not (target / "base" / "stray").exists()
+    member = archived.start(target)
+    assert archived.query(member, "SELECT count(*) FROM pgbench_accounts") == [(100_000,)]
+
+
+@pytest.fixture
+def small_disk(archived: Archived) -> Iterator[Path]:
+    mount = archived.directory / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_restore_stops_cleanly_when_the_disk_fills(archived: Archived, small_disk: Path) -> None:
+    archived.pgbench_init(2)
+    archived.json("backup", "create")
+    target = small_disk / "restored"
+    done = archived.pgw("restore", "--target-dir", str(target))
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"error: restore into {target} stopped: no space left on device; free space and run "
+        "it again with --delta (the directory cannot start as it is)\n"
+    )
+    assert not (target / "global" / "pg_control").exists()
+    assert not list(target.rglob("*.pgwarden-restore"))
+
+
+def test_a_standby_is_backed_up_only_when_asked(make_cluster: Callable[..., Lab]) -> None:
+    lab = make_cluster(nodes=2)
+    work = owned_directory(lab.directory, "work", lab.os_user)
+    store = owned_directory(work, "store", lab.os_user)
+    primary, standby = (m.name for m in lab.members)
+    archived = Archived(lab, primary, work, {"type": "fs", "directory": str(store)})
+    standby_config = archived.write_config("standby.yml", member=standby)
+    archived.pgbench_init(1)
+    # A standby's backup starts at its latest restartpoint, which follows the primary's
+    # checkpoints: make one after archiving went to pgwarden, and let the standby replay it.
+    archived.sql("CHECKPOINT")
+    (position,) = archived.sql("SELECT pg_current_wal_lsn()")[0]
+    poll_until(
+        lambda: archived.sql(f"SELECT pg_last_wal_replay_lsn() >= '{position}'", standby)[0][0],
+        30.0,
+    )
+
+    refused = archived.pgw("backup", "create", config=standby_config)
+    assert refused.returncode == 1
+    assert refused.stderr == f"error: {standby} is a standby: pass --from-standby to back it up\n"
+    wrong = archived.pgw("backup", "create", "--from-standby")
+    assert wrong.stderr == f"error: --from-standby was given but {primary} is the primary\n"
+
+    backup = archived.json("backup", "create", "--from-standby", config=standby_config)
+    assert backup["from_standby"] is True and backup["member"] == standby
+    target = archived.target("restored")
+    assert archived.pgw("restore", "--target-dir", str(target)).returncode == 0
+    member = archived.start(target)
+    assert archived.query(member, "SELECT count(*) FROM pgbench_accounts") == [(100_000,)]
+
+
+# ----------------------------------------------------------------------------- S3 endpoint
+
+
+@pytest.fixture
+def archived_s3(make_cluster: Callable[..., Lab], services: Lab) -> Iterator[Archived]:
+    lab = make_cluster(nodes=1)
+    work = owned_directory(lab.directory, "work", lab.os_user)
+    endpoint = services.s3
+    assert endpoint is not None
+    prefix = f"backup-test-{lab.lab_id}"
+    storage = s3_storage(endpoint, prefix, work / "s3-credentials", lab.os_user)
+    archived = Archived(lab, lab.members[0].name, work, storage)
+    yield archived
+    store = archived.open_store()
+    store.delete_many([info.key for info in store.list()])
+
+
+def test_storage_down_in_the_middle_of_a_backup(archived_s3: Archived, services: Lab) -> None:
+    archived = archived_s3
+    archived.pgbench_init(4)
+    endpoint = services.s3
+    assert endpoint is not None
+    backup = subprocess.Popen(
+        archived.argv("backup", "create", "-j", "1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=archived.environment(),
+    )
+    cut = None
+    try:
+        archived.wait_for_objects("lab/basebackups/")
+        cut = services.cut("127.0.0.1", endpoint.host, refuse=True)
+        _, stderr = backup.communicate(timeout=120)
+    finally:
+        if cut is not None:
+            services.heal(cut)
+        if backup.poll() is None:
+            backup.kill()
+            backup.wait()
+    assert backup.returncode == 1
+    # Structured events for the log, then the sentence for the person.
+    *events, sentence = stderr.strip().splitlines()
+    assert [json.loads(e)["event"] for e in events] == ["backup.failed", "backup.cleanup_deferred"]
+    assert sentence.startswith("error: backup ") and "failed: S3 endpoint" in sentence
+    assert archived.json("backup", "list") == []
+    listed = archived.json("backup", "list", "--all")
+    assert all(entry.get("incomplete") for entry in listed)
+
+    again = archived.json("backup", "create")
+    assert [b["id"] for b in archived.json("backup", "list")] == [again["id"]]
+    assert archived.pgw("backup", "verify").returncode == 0
+
+
+def test_a_backup_to_s3_restores(archived_s3: Archived) -> None:
+    archived = archived_s3
+    archived.pgbench_init(1)
+    archived.json("backup", "create")
+    archived.sql("CREATE TABLE after_backup AS SELECT 7 AS answer")
+    archived.archive_current_wal()
+    target = archived.target("restored")
+    done = archived.pgw("restore", "--target-dir", str(target))
+    assert done.returncode == 0, done.stderr
+    member = archived.start(target)
+    assert archived.query(member, "SELECT answer FROM after_backup") == [(7,)]
+    restored = json.loads(archived.pgw("backup", "list", "-o", "json").stdout)
+    assert len(restored) == 1
