@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pgwarden.config_errors import translate, unwrap
 from pgwarden.config_parameters import Parameters, is_secret_parameter
@@ -153,6 +160,19 @@ class PostgresSettings(_Section):
     replication: ReplicationCredentials = Field(default_factory=ReplicationCredentials)
     parameters: Parameters = Field(default_factory=dict)
     os_user: OsUser = "postgres"
+    # How a new replica gets its data, tried in order: `backup` restores the latest base
+    # backup and replays archived WAL (sparing the primary), `basebackup` copies the
+    # leader with pg_basebackup.
+    create_replica_methods: tuple[Literal["backup", "basebackup"], ...] = ("basebackup",)
+
+    @field_validator("create_replica_methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must name at least one method")
+        if len(set(value)) != len(value):
+            raise ValueError("must not name a method twice")
+        return value
 
 
 # --- dcs and api -----------------------------------------------------------------------
@@ -297,10 +317,21 @@ class Compression(_Section):
 class BackupSettings(_Section):
     # Cron expressions are evaluated in UTC; null turns scheduled backups off.
     schedule: Cron | None = "0 1 * * *"
+    # Incremental backups between the full ones (files changed since the latest backup).
+    incremental_schedule: Cron | None = None
+    # The member that takes scheduled backups; null: the leader. Naming a replica spares
+    # the primary (it backs up from the standby; the primary archives the WAL).
+    member: Name | None = None
     retention: Retention = Field(default_factory=lambda: Retention(full_count=7))
     compression: Compression = Field(default_factory=Compression)
     # None: backups and WAL are stored unencrypted (the bucket's own encryption aside).
     encryption_key_file: AbsolutePath | None = None
+
+
+class WalSettings(_Section):
+    # archive_command = pgwarden wal-push on every member (only the primary archives) and
+    # restore_command = pgwarden wal-fetch. Off: no archive, so backups cannot complete.
+    archive: Flag = True
 
 
 class DrillCheck(_Section):
@@ -362,6 +393,7 @@ class Settings(_Section):
     api: ApiSettings = Field(default_factory=ApiSettings)
     storage: Storage
     backup: BackupSettings = Field(default_factory=BackupSettings)
+    wal: WalSettings = Field(default_factory=WalSettings)
     drill: DrillSettings = Field(default_factory=DrillSettings)
 
     @property

@@ -17,7 +17,12 @@ from pgwarden.lab.writer import Writer
 def make_ha_cluster() -> Iterator[Callable[..., Cluster]]:
     labs: list[Lab] = []
 
-    def factory(nodes: int = 3, zookeeper_nodes: int = 1, synchronous_mode: str = "on") -> Cluster:
+    def factory(
+        nodes: int = 3,
+        zookeeper_nodes: int = 1,
+        synchronous_mode: str = "on",
+        agent_overrides: dict[str, object] | None = None,
+    ) -> Cluster:
         lab = Lab.create(
             scratch_directory("ha"),
             LabSpec(
@@ -26,6 +31,7 @@ def make_ha_cluster() -> Iterator[Callable[..., Cluster]]:
                 postgres_nodes=nodes,
                 agents=True,
                 synchronous_mode=synchronous_mode,
+                agent_overrides=agent_overrides or {},
             ),
         )
         labs.append(lab)

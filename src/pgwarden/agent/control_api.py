@@ -1,5 +1,5 @@
 """Handlers of the agent's control endpoints (POST /switchover, /failover, /restart,
-/reload, /reinitialize). Each takes the JSON body and returns (HTTP status, JSON body)."""
+/reload, /reinitialize, /backup). Each takes the JSON body and returns (HTTP status, JSON body)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pgwarden.peers import members_now
 from pgwarden.postgres import sql
 
 if TYPE_CHECKING:
+    from pgwarden.agent.backups import Source
     from pgwarden.agent.main import Agent
 
 Handler = Callable[[dict[str, Any]], tuple[int, Any]]
@@ -124,8 +125,21 @@ def handlers(agent: Agent) -> dict[str, Handler]:
         agent.wake()
         return 202, {"result": "reinitialization scheduled"}
 
+    def backup(body: dict[str, Any]) -> tuple[int, Any]:
+        kind = body.get("type", "full")
+        if kind not in ("full", "incr"):
+            return 400, {"error": f'"type" must be "full" or "incr", not {kind!r}'}
+        scheduler = agent.backups
+        if scheduler is None:
+            return 409, {"error": f"{agent.me} runs without a configuration file to back up with"}
+        source: Source = "primary" if agent.keeper.snapshot().holds else "standby"
+        if not scheduler.start_now(kind, source):
+            return 409, {"error": f"a backup is already running on {agent.me}"}
+        return 202, {"result": f"{kind} backup started on {agent.me} from its {source}"}
+
     return {
         "PATCH /config": _patch_config(agent),
+        "/backup": backup,
         "/switchover": lambda body: request("switchover", body),
         "/failover": lambda body: request("failover", body),
         "/restart": restart,

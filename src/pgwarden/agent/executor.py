@@ -6,8 +6,9 @@ Each action is logged as one structured event carrying the decision's reason.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import psycopg
 from psycopg import sql as pgsql
@@ -32,6 +33,11 @@ log = get_logger("executor")
 START_TIMEOUT = 60.0
 # configured_leader of a replica whose leader this agent has not configured yet.
 UNKNOWN_LEADER = "(unknown leader)"
+
+
+# Restores the latest backup of the cluster with this system identifier into a data
+# directory, its files owned by (uid, gid) if given; returns the backup id.
+RestoreBackup = Callable[[Path, tuple[int, int] | None, str], str]
 
 
 class ActionError(PgwardenError):
@@ -61,8 +67,12 @@ class Executor:
         fence: FenceClient,
         memory: LocalMemory,
         initial_config: Callable[[], DynamicConfig],
+        replica_methods: Sequence[str] = ("basebackup",),
+        restore_backup: RestoreBackup | None = None,
     ) -> None:
         self.me = me
+        self.replica_methods = tuple(replica_methods)
+        self.restore_backup = restore_backup
         self.instance = instance
         self.postmaster = postmaster
         self.store = store
@@ -159,7 +169,7 @@ class Executor:
                 endpoint = self._endpoint(cluster, source)
                 if self.postmaster.pid is not None:
                     self.postmaster.stop("fast")
-                self.instance.clone(endpoint)
+                self._create_replica(cluster, endpoint)
                 self.memory.rejoin_failed = False
                 self.memory.system_identifier = self.instance.system_identifier()
                 self._configure(cluster, source)
@@ -206,6 +216,35 @@ class Executor:
             case act.SetSyncKey(members=members, version=version):
                 return self.store.set_sync(self.me, members, version)
         return True
+
+    def _create_replica(self, cluster: ClusterState, source: Endpoint) -> None:
+        """Fill the data directory by the first of the configured methods that works."""
+        problems: list[str] = []
+        for method in self.replica_methods:
+            try:
+                if method == "backup":
+                    detail: dict[str, object] = {"backup": self._replica_from_backup(cluster)}
+                else:
+                    self.instance.clone(source)
+                    detail = {"source": source.name}
+            except PgwardenError as exc:
+                log.warning("replica.method_failed", method=method, reason=str(exc))
+                problems.append(f"{method}: {exc}")
+                continue
+            self._event("replica_created", {"member": self.me, "method": method, **detail})
+            return
+        raise ActionError("could not create a replica: " + "; ".join(problems))
+
+    def _replica_from_backup(self, cluster: ClusterState) -> str:
+        restore, sysid = self.restore_backup, cluster.initialize
+        if restore is None or sysid is None:
+            raise ActionError("no backup storage is configured, or the cluster has no identity")
+        restored: list[str] = []
+        self.instance.fill(
+            "restore a backup into",
+            lambda data_dir, owner: restored.append(restore(data_dir, owner, sysid)),
+        )
+        return restored[0]
 
     def _bootstrap(self) -> None:
         if not self.instance.is_initialized():

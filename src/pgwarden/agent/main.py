@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 from pgwarden.agent.api import ApiServer
+from pgwarden.agent.backups import BackupScheduler, Source
 from pgwarden.agent.control_api import handlers
 from pgwarden.agent.executor import UNKNOWN_LEADER, Executor, LocalMemory
 from pgwarden.agent.ha_loop import HaLoop
@@ -21,10 +22,11 @@ from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.postmaster import Postmaster
 from pgwarden.config import Settings, read_password
 from pgwarden.config_types import split_host_port
-from pgwarden.dcs.base import SessionState
+from pgwarden.dcs.base import SessionState, StoreError
 from pgwarden.dcs.zookeeper import ZooKeeperStore
 from pgwarden.errors import PgwardenError
 from pgwarden.ha.fence import FenceClient
+from pgwarden.invocation import pgwarden_command
 from pgwarden.logs import bind_identity, get_logger
 from pgwarden.model import DynamicConfig, PgState, SyncMode, Tags
 from pgwarden.peers import configure_tls
@@ -53,8 +55,10 @@ def _render(value: Any) -> str:
     return str(value)
 
 
-def instance_spec(settings: Settings) -> InstanceSpec:
+def instance_spec(settings: Settings, config_path: Path | None = None) -> InstanceSpec:
+    """How to run the local instance; with `config_path`, WAL is archived through pgwarden."""
     pg = settings.postgres
+    archive = config_path if settings.wal.archive else None
     os_user: str | None = pg.os_user
     if os_user is not None and pwd.getpwuid(os.geteuid()).pw_name == os_user:
         os_user = None
@@ -75,7 +79,32 @@ def instance_spec(settings: Settings) -> InstanceSpec:
         replication_user=pg.replication.username,
         replication_password=read_password(pg.replication) or "",
         parameters={k: _render(v) for k, v in pg.parameters.items()},
+        archive_command=pgwarden_command(archive, "wal-push", "%p") if archive else None,
+        restore_command=pgwarden_command(archive, "wal-fetch", "%f", "%p") if archive else None,
     )
+
+
+def check_config_readable(config_path: Path, os_user: str | None) -> None:
+    """archive_command runs pgwarden with this file as the PostgreSQL OS user: say so loudly
+    at start if that user cannot read it, rather than let WAL pile up in pg_wal."""
+    if os_user is None:
+        return
+    try:
+        entry = pwd.getpwnam(os_user)
+        info = config_path.stat()
+    except (KeyError, OSError):
+        return
+    readable = (
+        info.st_uid == entry.pw_uid
+        or info.st_mode & 0o004
+        or (info.st_mode & 0o040 and info.st_gid in os.getgrouplist(os_user, entry.pw_gid))
+    )
+    if not readable:
+        log.error(
+            "agent.config_unreadable",
+            reason=f"{os_user} cannot read {config_path}, so archive_command "
+            "(pgwarden wal-push) will fail; make the file readable by that user",
+        )
 
 
 def initial_dynamic_config(settings: Settings) -> DynamicConfig:
@@ -110,11 +139,12 @@ def _read_token(path: Path | None) -> str | None:
 
 
 class Agent:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         self.settings = settings
+        self.config_path = config_path
         self.me = settings.member
         bind_identity(settings.cluster, settings.member)
-        spec = instance_spec(settings)
+        spec = instance_spec(settings, config_path)
         self.instance = Instance(spec, spec.data_dir.with_name(spec.data_dir.name + ".log"))
         api_host, api_port = split_host_port(settings.api.listen) or ("127.0.0.1", 8008)
         api = settings.api
@@ -152,6 +182,8 @@ class Agent:
             self.fence,
             self.memory,
             lambda: initial_dynamic_config(settings),
+            replica_methods=settings.postgres.create_replica_methods,
+            restore_backup=self.restore_latest_backup,
         )
         tags = Tags(settings.tags.nofailover, settings.tags.nosync, settings.tags.failover_priority)
         self.loop = HaLoop(
@@ -165,6 +197,18 @@ class Agent:
             self.executor,
             self.memory,
         )
+        self.backups: BackupScheduler | None = None
+        if config_path is not None:
+            if settings.wal.archive:
+                check_config_readable(config_path, settings.postgres.os_user)
+            self.backups = BackupScheduler(
+                config_path=config_path,
+                member=self.me,
+                full_schedule=settings.backup.schedule,
+                incremental_schedule=settings.backup.incremental_schedule,
+                source=self.backup_source,
+                event=self.record_event,
+            )
         self.api = ApiServer(
             api_host,
             api_port,
@@ -183,6 +227,43 @@ class Agent:
     def wake(self) -> None:
         """Run the HA loop now (after a control request)."""
         self.loop.wake.set()
+
+    def record_event(self, kind: str, data: dict[str, Any]) -> None:
+        try:
+            self.store.add_event(kind, data)
+        except StoreError as exc:
+            log.warning("event.not_recorded", kind=kind, error=str(exc))
+
+    def restore_latest_backup(
+        self, data_dir: Path, owner: tuple[int, int] | None, system_identifier: str
+    ) -> str:
+        """Restore the cluster's latest backup as a standby (replica creation by backup)."""
+        from pgwarden.backup.context import BackupContext  # noqa: PLC0415
+        from pgwarden.backup.restore import RestoreRequest, RestoreRun  # noqa: PLC0415
+
+        context = BackupContext.from_settings(self.settings)
+        manifest = context.catalog.resolve("latest")
+        if manifest.system_identifier != system_identifier:
+            raise PgwardenError(
+                f"the latest backup {manifest.id} is of system {manifest.system_identifier}, "
+                f"not of this cluster's {system_identifier}"
+            )
+        request = RestoreRequest(target_dir=data_dir, owner=owner, standby=True)
+        RestoreRun(context.store, context.layout, context.key, manifest, request).run()
+        return manifest.id
+
+    def backup_source(self) -> Source | None:
+        """Whether this member takes the cluster's scheduled backup now, and from what."""
+        chosen = self.settings.backup.member
+        if chosen is None:
+            holds = self.keeper.snapshot().holds and self.postmaster.state is PgState.RUNNING
+            return "primary" if holds else None
+        if chosen != self.me or self.postmaster.state is not PgState.RUNNING:
+            return None
+        seen = sql.observe(self.instance.spec, timeout=2.0)
+        if seen is None:
+            return None
+        return "standby" if seen.in_recovery else "primary"
 
     def _writable_pid(self) -> int | None:
         """The postmaster's PID while it may take writes, else None."""
@@ -230,6 +311,7 @@ class Agent:
             "decision": last.reason,
             "ticked_at": self.loop.ticked_at,
             "loop_wait": config.loop_wait,
+            "backup": None if self.backups is None else self.backups.status(),
         }
 
     def live_status(self) -> dict[str, Any]:
@@ -275,6 +357,8 @@ class Agent:
         self.postmaster.adopt()
         self.keeper.start()
         self.api.start()
+        if self.backups is not None:
+            self.backups.start()
         log.info("agent.started", api=self.api_url, fence_pid=self.fence.pid)
         try:
             self.loop.run()
@@ -285,6 +369,8 @@ class Agent:
     def shutdown(self) -> None:
         """Never leave an unfenced primary: stop PostgreSQL, then hand the lease over."""
         holds = self.keeper.snapshot().holds
+        if self.backups is not None:
+            self.backups.stop()
         try:
             if self.postmaster.pid is not None:
                 self.postmaster.stop("fast")

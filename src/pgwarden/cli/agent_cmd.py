@@ -24,4 +24,4 @@ def agent_command(config_path: Path) -> None:
     from pgwarden.agent.main import Agent  # noqa: PLC0415 - keep other commands light
 
     settings = load_config(config_path)
-    raise SystemExit(Agent(settings).run())
+    raise SystemExit(Agent(settings, config_path).run())

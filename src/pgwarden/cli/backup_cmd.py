@@ -19,6 +19,7 @@ from pgwarden.backup.upload import Counters
 from pgwarden.cli.common import config_option
 from pgwarden.cli.render import emit_json, fail, output_option, table
 from pgwarden.config import Settings, load_config
+from pgwarden.invocation import pgwarden_command
 
 _EXIT_CODES = """\b
 Exit codes: 0 done; 1 failed (the reason on stderr in one sentence, naming the
@@ -28,15 +29,6 @@ object or file concerned); 2 the command line is wrong."""
 def _context(config_path: Path) -> tuple[Settings, BackupContext]:
     settings = load_config(config_path)
     return settings, BackupContext.from_settings(settings)
-
-
-def self_command(config_path: Path, *args: str) -> str:
-    """A shell command running this pgwarden with the same configuration file."""
-    import shlex  # noqa: PLC0415
-
-    return shlex.join(
-        [sys.executable, "-m", "pgwarden", *args[:1], "-c", str(config_path.resolve()), *args[1:]]
-    )
 
 
 @contextmanager
@@ -341,7 +333,7 @@ def restore_command(
         delta=delta,
         jobs=jobs,
         owner=_owner(settings),
-        restore_command=self_command(config_path, "wal-fetch", "%f", "%p"),
+        restore_command=pgwarden_command(config_path, "wal-fetch", "%f", "%p"),
         standby=standby,
     )
     with _progress("restore", output) as progress:

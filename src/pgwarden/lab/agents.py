@@ -15,7 +15,7 @@ import pwd
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,19 @@ def agent_config(
         "api": {"listen": f"{member['host']}:{member['api_port']}"}
         | ({"token_file": str(token_file)} if token_file else {}),
         "storage": {"type": "fs", "directory": str(storage_dir)},
+        # No scheduled backups unless a test asks (agent_overrides).
+        "backup": {"schedule": None},
     }
+
+
+def merge(config: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Merge `overrides` into `config` in place: mappings recursively, other values replace."""
+    for key, value in overrides.items():
+        current = config.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            merge(current, value)
+        else:
+            config[key] = value
 
 
 def plan_api_ports(members: list[dict[str, Any]]) -> None:

@@ -17,7 +17,8 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ class LabSpec:
     synchronous_mode: str = "off"
     # Run the agents as this OS user (as systemd does in production), not as ourselves.
     agents_user: str | None = None
+    # Merged into every agent's configuration, section by section (e.g. a backup schedule).
+    agent_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.zookeeper_nodes not in (0, 1, 3):
@@ -94,6 +97,7 @@ class Lab:
             "agents": spec.agents,
             "agents_user": spec.agents_user,
             "synchronous_mode": spec.synchronous_mode,
+            "agent_overrides": dict(spec.agent_overrides),
         }
         if spec.postgres_nodes:
             members = pg.plan_members(root / "pg", spec.postgres_nodes)
@@ -209,6 +213,8 @@ class Lab:
         pg_dir.mkdir(mode=0o755, exist_ok=True)
         storage = self.directory / "storage"
         storage.mkdir(mode=0o700, exist_ok=True)
+        # PostgreSQL's archive_command (pgwarden wal-push) writes here as the OS user.
+        pg.chown_to(storage, self.os_user)
         token = self.api_token_file
         token.parent.mkdir(mode=0o700, exist_ok=True)
         token.touch(mode=0o600)
@@ -229,11 +235,17 @@ class Lab:
             )
             for m in pg_state["members"]
         }
+        for config in configs.values():
+            agents.merge(config, self.state.get("agent_overrides") or {})
         paths = agents.write_configs(self.directory, configs)
         runner = self.state.get("agents_user")
         if runner:
             for path in (pg_dir, storage, token.parent, token, *paths.values()):
                 pg.chown_to(path, runner)
+        else:
+            # archive_command runs `pgwarden wal-push -c <config>` as the PostgreSQL user.
+            for path in (token.parent, *paths.values()):
+                pg.chown_to(path, self.os_user)
         for name in configs:
             agents.start_agent(self.directory, self.registry, self.lab_id, name, user=runner)
         agents.wait_formed(self.registry, pg_state["members"])

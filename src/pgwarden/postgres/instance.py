@@ -19,6 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -333,6 +334,22 @@ class Instance:
             raise
         self._incomplete_marker.unlink()
         log.info("postgres.cloned", source=source.name, seconds=_since(started))
+
+    def fill(self, what: str, write: Callable[[Path, tuple[int, int] | None], object]) -> None:
+        """Replace the data directory with what `write(data_dir, owner)` puts there (a
+        restore from a backup); `owner` is the (uid, gid) files must get, or None."""
+        self._require_stopped(what)
+        started = time.monotonic()
+        self._empty_data_dir()
+        self._incomplete_marker.touch()
+        ids = self._ids()
+        try:
+            write(self.data_dir, None if ids is None else (ids[0], ids[1]))
+        except BaseException:
+            self._empty_data_dir()
+            raise
+        self._incomplete_marker.unlink()
+        log.info("postgres.filled", what=what, seconds=_since(started))
 
     def remove_data(self) -> None:
         """Delete everything in the data directory (the directory itself stays)."""
