@@ -307,6 +307,7 @@ def benchmark(args: argparse.Namespace, run: Run, result: dict[str, Any]) -> Non
         run.archive_off_pgwarden()
         if target == "s3":
             details["objects_removed"] = run.empty_store(config)
+            del run.configs[target]  # nothing left for the teardown to remove
 
 
 def main() -> int:

@@ -1,3 +1,3 @@
-from pgwarden.cli.main import main
+from pgwarden.entry import main
 
 main()

@@ -332,6 +332,8 @@ class WalSettings(_Section):
     # archive_command = pgwarden wal-push on every member (only the primary archives) and
     # restore_command = pgwarden wal-fetch. Off: no archive, so backups cannot complete.
     archive: Flag = True
+    # The agent's WAL socket for wal-push/wal-fetch; null: `<data_dir>.wal.sock`.
+    socket: AbsolutePath | None = None
 
 
 class DrillCheck(_Section):

@@ -20,6 +20,7 @@ from pgwarden.agent.executor import UNKNOWN_LEADER, Executor, LocalMemory
 from pgwarden.agent.ha_loop import HaLoop
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.postmaster import Postmaster
+from pgwarden.agent.wal import WalService
 from pgwarden.config import Settings, read_password
 from pgwarden.config_types import split_host_port
 from pgwarden.dcs.base import SessionState, StoreError
@@ -59,6 +60,7 @@ def instance_spec(settings: Settings, config_path: Path | None = None) -> Instan
     """How to run the local instance; with `config_path`, WAL is archived through pgwarden."""
     pg = settings.postgres
     archive = config_path if settings.wal.archive else None
+    socket = str(wal_socket_path(settings))
     os_user: str | None = pg.os_user
     if os_user is not None and pwd.getpwuid(os.geteuid()).pw_name == os_user:
         os_user = None
@@ -79,9 +81,20 @@ def instance_spec(settings: Settings, config_path: Path | None = None) -> Instan
         replication_user=pg.replication.username,
         replication_password=read_password(pg.replication) or "",
         parameters={k: _render(v) for k, v in pg.parameters.items()},
-        archive_command=pgwarden_command(archive, "wal-push", "%p") if archive else None,
-        restore_command=pgwarden_command(archive, "wal-fetch", "%f", "%p") if archive else None,
+        archive_command=(
+            pgwarden_command(archive, "wal-push", "--socket", socket, "%p") if archive else None
+        ),
+        restore_command=(
+            pgwarden_command(archive, "wal-fetch", "--socket", socket, "%f", "%p")
+            if archive
+            else None
+        ),
     )
+
+
+def wal_socket_path(settings: Settings) -> Path:
+    data_dir = Path(settings.postgres.data_dir)
+    return settings.wal.socket or data_dir.with_name(data_dir.name + ".wal.sock")
 
 
 def check_config_readable(config_path: Path, os_user: str | None) -> None:
@@ -198,9 +211,14 @@ class Agent:
             self.memory,
         )
         self.backups: BackupScheduler | None = None
+        self.wal: WalService | None = None
         if config_path is not None:
             if settings.wal.archive:
                 check_config_readable(config_path, settings.postgres.os_user)
+                ids = self.instance.owner()
+                self.wal = WalService(
+                    settings, self.instance, wal_socket_path(settings), ids, self.record_event
+                )
             self.backups = BackupScheduler(
                 config_path=config_path,
                 member=self.me,
@@ -312,6 +330,7 @@ class Agent:
             "ticked_at": self.loop.ticked_at,
             "loop_wait": config.loop_wait,
             "backup": None if self.backups is None else self.backups.status(),
+            "wal": None if self.wal is None else self.wal.snapshot(),
         }
 
     def live_status(self) -> dict[str, Any]:
@@ -354,6 +373,8 @@ class Agent:
         signal.signal(signal.SIGINT, on_signal)
         self.store.start(timeout=float(self.settings.dcs.retry_timeout) + 5)
         self.store.watch(self._wake)
+        if self.wal is not None:
+            self.wal.start()
         self.postmaster.adopt()
         self.keeper.start()
         self.api.start()
@@ -383,6 +404,8 @@ class Agent:
                 self.store.release_leader(self.me)
             except PgwardenError as exc:
                 log.warning("lease.not_released", error=str(exc))
+        if self.wal is not None:
+            self.wal.stop()
         self.fence.close()
         self.store.stop()
         self.api.stop()

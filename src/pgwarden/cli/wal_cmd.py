@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,10 +14,20 @@ from pgwarden.cli.common import config_option
 _NOT_FOUND = 1
 
 
+def socket_option(func: Any) -> Any:
+    return click.option(
+        "--socket",
+        "socket_path",
+        type=click.Path(dir_okay=False),
+        help="The local agent's WAL socket; when nobody answers there, storage is used directly.",
+    )(func)
+
+
 @click.command("wal-push")
 @config_option
+@socket_option
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-def wal_push_command(config_path: Path, path: Path) -> None:
+def wal_push_command(config_path: Path, socket_path: str | None, path: Path) -> None:
     """Archive one WAL file (use as archive_command = 'pgwarden wal-push %p').
 
     A file already archived with identical content succeeds; different content fails
@@ -31,9 +42,12 @@ def wal_push_command(config_path: Path, path: Path) -> None:
 
 @click.command("wal-fetch")
 @config_option
+@socket_option
 @click.argument("name")
 @click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
-def wal_fetch_command(config_path: Path, name: str, destination: Path) -> None:
+def wal_fetch_command(
+    config_path: Path, socket_path: str | None, name: str, destination: Path
+) -> None:
     """Fetch one archived WAL file (restore_command = 'pgwarden wal-fetch %f %p').
 
     Exit code 1 without a message when the file is not archived: PostgreSQL asks for

@@ -342,9 +342,8 @@ class Instance:
         started = time.monotonic()
         self._empty_data_dir()
         self._incomplete_marker.touch()
-        ids = self._ids()
         try:
-            write(self.data_dir, None if ids is None else (ids[0], ids[1]))
+            write(self.data_dir, self.owner())
         except BaseException:
             self._empty_data_dir()
             raise
@@ -377,6 +376,11 @@ class Instance:
 
     def _bin(self, program: str) -> str:
         return str(self.spec.bin_dir / program)
+
+    def owner(self) -> tuple[int, int] | None:
+        """(uid, gid) files PostgreSQL reads must get when we are not its OS user."""
+        ids = self._ids()
+        return None if ids is None else (ids[0], ids[1])
 
     def _ids(self) -> tuple[int, int, str] | None:
         """(uid, gid, home) to switch to for PostgreSQL's programs, or None to stay as we are."""

@@ -1,0 +1,95 @@
+"""The agent's WAL socket: `pgwarden wal-push` and `wal-fetch` ask here first.
+
+A unix stream socket beside the data directory, readable and writable by the PostgreSQL
+OS user only; one JSON request and one JSON answer per connection (see
+`pgwarden.wal.client`). Pushes are checked to name a file in this instance's pg_wal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socketserver
+import threading
+from pathlib import Path
+from typing import Any
+
+from pgwarden.errors import PgwardenError
+from pgwarden.logs import get_logger
+from pgwarden.wal.archiver import Archiver
+from pgwarden.wal.fetcher import Fetcher
+
+log = get_logger("agent.walserver")
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    archiver: Archiver
+    fetcher: Fetcher
+    pg_wal: Path
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        try:
+            request = json.loads(self.rfile.readline(65536))
+            answer = self._answer(request if isinstance(request, dict) else {})
+        except ValueError:
+            answer = {"status": "error", "error": "the request is not JSON"}
+        self.wfile.write(json.dumps(answer).encode() + b"\n")
+
+    def _answer(self, request: dict[str, Any]) -> dict[str, str]:
+        op = request.get("op")
+        try:
+            if op == "push":
+                path = Path(str(request.get("path", "")))
+                if path.parent.resolve() != self.server.pg_wal.resolve():
+                    return {"status": "unavailable"}  # not ours: let the client go direct
+                self.server.archiver.push(path)
+                return {"status": "ok"}
+            if op == "fetch":
+                name = str(request.get("name", ""))
+                dest = Path(str(request.get("dest", "")))
+                found = self.server.fetcher.fetch(name, dest)
+                return {"status": "ok" if found else "missing"}
+        except (PgwardenError, OSError) as exc:
+            return {"status": "error", "error": str(exc)}
+        return {"status": "error", "error": f"unknown request {op!r}"}
+
+
+class WalServer:
+    def __init__(
+        self, path: Path, archiver: Archiver, fetcher: Fetcher, pg_wal: Path,
+        owner: tuple[int, int] | None,
+    ) -> None:  # fmt: skip
+        self.path = path
+        self.archiver = archiver
+        self.fetcher = fetcher
+        self.pg_wal = pg_wal
+        self.owner = owner
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.path.unlink(missing_ok=True)  # a socket left by a killed agent
+        server = _Server(str(self.path), _Handler)
+        server.archiver, server.fetcher, server.pg_wal = self.archiver, self.fetcher, self.pg_wal
+        self.path.chmod(0o600)
+        if self.owner is not None:
+            os.chown(self.path, *self.owner)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="walserver",
+            daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+        log.info("wal.socket_listening", path=str(self.path))
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self.path.unlink(missing_ok=True)

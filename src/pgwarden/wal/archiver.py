@@ -1,0 +1,214 @@
+"""The agent's archiver: uploads WAL as soon as PostgreSQL marks it ready.
+
+PostgreSQL writes `pg_wal/archive_status/<name>.ready` when a segment (or a history file,
+a `.partial` segment at promotion, a backup history file) is complete, then runs
+archive_command for it, one at a time. The archiver watches for those markers and uploads
+in parallel ahead of it, so when `pgwarden wal-push` asks, the answer is usually "already
+stored" at once. An upload that fails (storage down) is retried with backoff; the WAL stays
+safely in pg_wal meanwhile, PostgreSQL keeps retrying archive_command, and an
+`archive_failing` event fires once per outage.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgwarden.errors import PgwardenError
+from pgwarden.logs import get_logger
+from pgwarden.wal.archive import ArchiveConflictError, WalArchive
+from pgwarden.wal.names import kind_of
+
+log = get_logger("wal.archiver")
+
+# How many names of stored files to remember (a day of busy WAL is far fewer).
+REMEMBERED = 4096
+POLL_INTERVAL = 0.05
+RETRY_MIN, RETRY_MAX = 0.5, 10.0
+
+
+@dataclass
+class ArchiveStatus:
+    last_archived: str | None = None
+    last_archived_at: float | None = None
+    archived_count: int = 0
+    failed_count: int = 0
+    last_failure: str | None = None
+    last_failure_at: float | None = None
+    failing_since: float | None = None
+
+    def to_json(self, pending: int, oldest_pending_at: float | None) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "last_archived": self.last_archived,
+            "last_archived_at": self.last_archived_at,
+            "archived": self.archived_count,
+            "failed": self.failed_count,
+            "last_failure": self.last_failure,
+            "failing_since": self.failing_since,
+            "pending_segments": pending,
+            "lag_seconds": None if oldest_pending_at is None else round(now - oldest_pending_at, 3),
+        }
+
+
+class Archiver:
+    """Uploads ready WAL files of one data directory with `workers` threads."""
+
+    def __init__(
+        self,
+        archive: WalArchive,
+        pg_wal: Path,
+        *,
+        workers: int = 2,
+        event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None,
+    ) -> None:
+        self.archive = archive
+        self.pg_wal = pg_wal
+        self.status_dir = pg_wal / "archive_status"
+        self.event = event
+        self.status = ArchiveStatus()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="archiver")
+        self._lock = threading.Lock()
+        self._stored: OrderedDict[str, None] = OrderedDict()
+        self._inflight: dict[str, Future[bool]] = {}
+        self._retry_at: dict[str, float] = {}
+        self._retry_delay: dict[str, float] = {}
+        self._pending: dict[str, float] = {}  # ready name -> when we first saw it
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="archiver-watch", daemon=True)
+
+    # --- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            pending = len(self._pending)
+            oldest = min(self._pending.values(), default=None)
+        return self.status.to_json(pending, oldest)
+
+    # --- what wal-push asks -------------------------------------------------------------
+    def push(self, path: Path) -> None:
+        """Make sure `path` is archived: at once if stored already, else wait for (or
+        start) its upload. Raises ArchiveError (or StorageError) if it cannot be."""
+        name = path.name
+        with self._lock:
+            if name in self._stored:
+                return
+            future = self._inflight.get(name)
+            if future is None:
+                future = self._submit_locked(name, path)
+        future.result()
+
+    # --- watching archive_status ------------------------------------------------------
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._scan()
+            except OSError as exc:  # pg_wal not there yet (a replica being created)
+                log.debug("archiver.scan_failed", reason=str(exc))
+            self._stop.wait(POLL_INTERVAL)
+
+    def _scan(self) -> None:
+        ready = {
+            entry.name[: -len(".ready")]
+            for entry in self.status_dir.iterdir()
+            if entry.name.endswith(".ready")
+        }
+        now = time.monotonic()
+        wall = time.time()
+        with self._lock:
+            for name in list(self._pending):
+                if name not in ready:
+                    del self._pending[name]  # PostgreSQL archived it (marked .done)
+            for name in sorted(ready, key=_upload_order):
+                self._pending.setdefault(name, wall)
+                if name in self._stored or name in self._inflight:
+                    continue
+                if self._retry_at.get(name, 0.0) > now:
+                    continue
+                if kind_of(name) == "unknown":
+                    continue
+                self._submit_locked(name, self.pg_wal / name)
+
+    def _submit_locked(self, name: str, path: Path) -> Future[bool]:
+        future = self._pool.submit(self._upload, name, path)
+        self._inflight[name] = future
+        return future
+
+    def _upload(self, name: str, path: Path) -> bool:
+        started = time.monotonic()
+        try:
+            stored_now = self.archive.push(path)
+        except ArchiveConflictError as exc:
+            self._failed(name, str(exc), conflict=True)
+            raise
+        except (PgwardenError, OSError) as exc:
+            self._failed(name, str(exc), conflict=False)
+            raise
+        else:
+            self._succeeded(name, started, stored_now)
+            return stored_now
+        finally:
+            with self._lock:
+                self._inflight.pop(name, None)
+
+    def _succeeded(self, name: str, started: float, stored_now: bool) -> None:
+        recovered = False
+        with self._lock:
+            self._stored[name] = None
+            while len(self._stored) > REMEMBERED:
+                self._stored.popitem(last=False)
+            self._retry_at.pop(name, None)
+            self._retry_delay.pop(name, None)
+            status = self.status
+            if kind_of(name) in ("segment", "partial") and (
+                status.last_archived is None or name > status.last_archived
+            ):
+                status.last_archived = name
+            status.last_archived_at = time.time()
+            status.archived_count += 1
+            if status.failing_since is not None and not self._retry_at:
+                recovered = True
+                status.failing_since = None
+        log.debug("wal.archived", name=name, stored_now=stored_now,
+                  seconds=round(time.monotonic() - started, 3))  # fmt: skip
+        if recovered:
+            log.info("wal.archive_recovered", name=name)
+            self.event("archive_recovered", {"name": name})
+
+    def _failed(self, name: str, reason: str, *, conflict: bool) -> None:
+        first = False
+        with self._lock:
+            delay = min(RETRY_MAX, self._retry_delay.get(name, RETRY_MIN / 2) * 2)
+            self._retry_delay[name] = delay
+            self._retry_at[name] = time.monotonic() + delay
+            status = self.status
+            status.failed_count += 1
+            status.last_failure = reason
+            status.last_failure_at = time.time()
+            if status.failing_since is None:
+                status.failing_since = time.time()
+                first = True
+        log.error("wal.archive_failed", name=name, reason=reason)
+        if conflict:
+            self.event("archive_conflict", {"name": name, "reason": reason})
+        elif first:
+            self.event("archive_failing", {"name": name, "reason": reason})
+
+
+def _upload_order(name: str) -> tuple[int, str]:
+    """History files first (a restore needs them to choose its timeline), then by name."""
+    return (0 if name.endswith(".history") else 1, name)

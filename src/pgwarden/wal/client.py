@@ -1,0 +1,119 @@
+"""The hot path of `pgwarden wal-push %p` and `pgwarden wal-fetch %f %p`: standard library only.
+
+PostgreSQL runs archive_command once per WAL segment and restore_command once per segment
+it replays, so their start-up cost is paid thousands of times an hour. This module imports
+nothing but the standard library (about 15 ms from process start) and asks the local
+agent over its unix socket; the agent's archiver usually stored the segment before
+PostgreSQL asked, and its fetcher prefetched the next ones. When no agent answers (no
+`--socket`, nobody listening, the agent restarting), the full CLI does the work directly
+against storage: slower, still correct.
+
+Protocol: one JSON object per line each way.
+    {"op": "push", "path": "/abs/pg_wal/0000000100000000000000A1"}
+    {"op": "fetch", "name": "0000000100000000000000A2", "dest": "/abs/pg_wal/RECOVERYXLOG"}
+    -> {"status": "ok"} | {"status": "missing"} | {"status": "error", "error": "sentence"}
+       | {"status": "unavailable"}   (the agent cannot serve it: fall back to direct)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+# restore_command: exit 1 tells PostgreSQL the file is not archived.
+EXIT_OK, EXIT_FAILED = 0, 1
+CONNECT_TIMEOUT = 1.0
+# A push may wait for an upload in flight; PostgreSQL waits for us anyway.
+ANSWER_TIMEOUT = 300.0
+
+
+class _NoAgent(Exception):  # noqa: N818 - internal signal, never escapes
+    pass
+
+
+def _parse(argv: list[str]) -> tuple[str | None, str | None, list[str]] | None:
+    """(--socket, -c, positional) from `argv`, or None for anything unusual (help, typos):
+    the full CLI then answers with its usual messages."""
+    socket_path = config = None
+    positional: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--socket":
+            socket_path = next(words, None)
+            if socket_path is None:
+                return None
+        elif word in ("-c", "--config"):
+            config = next(words, None)
+            if config is None:
+                return None
+        elif word.startswith("-"):
+            return None
+        else:
+            positional.append(word)
+    return socket_path, config, positional
+
+
+def ask(socket_path: str, request: dict[str, str]) -> dict[str, str]:
+    """One request to the agent; _NoAgent if nobody answers."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(CONNECT_TIMEOUT)
+            conn.connect(socket_path)
+            conn.settimeout(ANSWER_TIMEOUT)
+            conn.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        raise _NoAgent from exc
+    try:
+        answer = json.loads(data)
+    except ValueError as exc:
+        raise _NoAgent from exc
+    if not isinstance(answer, dict) or answer.get("status") == "unavailable":
+        raise _NoAgent
+    return answer
+
+
+def _direct(command: str, argv: list[str]) -> int:
+    from pgwarden.cli.main import main as cli_main  # noqa: PLC0415 - the slow path
+
+    sys.argv = ["pgwarden", command, *argv]
+    try:
+        cli_main()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_FAILED
+    return EXIT_OK
+
+
+def run(command: str, argv: list[str]) -> int:
+    """`command` is wal-push or wal-fetch; returns the process exit code."""
+    parsed = _parse(argv)
+    if parsed is None:
+        return _direct(command, argv)
+    socket_path, _, positional = parsed
+    expected = 1 if command == "wal-push" else 2
+    if socket_path is None or len(positional) != expected:
+        return _direct(command, argv)
+    # os.path rather than pathlib: every import costs start-up time on this path.
+    if command == "wal-push":
+        request = {"op": "push", "path": os.path.abspath(positional[0])}  # noqa: PTH100
+    else:
+        dest = os.path.abspath(positional[1])  # noqa: PTH100
+        request = {"op": "fetch", "name": positional[0], "dest": dest}
+    try:
+        answer = ask(socket_path, request)
+    except _NoAgent:
+        return _direct(command, argv)
+    status = answer.get("status")
+    if status == "ok":
+        return EXIT_OK
+    if status == "missing":
+        return EXIT_FAILED
+    sys.stderr.write(f"error: {answer.get('error', 'the agent failed without a reason')}\n")
+    return EXIT_FAILED

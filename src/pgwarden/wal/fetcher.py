@@ -1,0 +1,153 @@
+"""The agent's WAL fetcher: serves restore_command from a spool it fills ahead of replay.
+
+When PostgreSQL asks for segment N of timeline T, the fetcher hands it over (from the
+spool if it was prefetched, else downloaded now) and starts downloading the next
+`depth` segments in parallel, of T and of every later timeline whose history file
+PostgreSQL asked for (recovery follows the newest timeline), so replay, not the download,
+sets the pace. A name that is not archived is answered "missing" at once: PostgreSQL asks
+for the segment after the end of the archive as a matter of course. The spool lives
+beside the data directory, never in pg_wal, and only holds files newer than the last one
+served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pgwarden.logs import get_logger
+from pgwarden.wal.archive import WalArchive
+from pgwarden.wal.names import kind_of, parse_history_file_name, parse_segment_name, segment_name
+
+log = get_logger("wal.fetcher")
+
+DEPTH = 8
+
+
+class Fetcher:
+    def __init__(
+        self, archive: WalArchive, spool: Path, *, segment_size: Callable[[], int],
+        owner: tuple[int, int] | None = None, depth: int = DEPTH, workers: int = 4,
+    ) -> None:  # fmt: skip
+        self.archive = archive
+        self.spool = spool
+        self._segment_size = segment_size
+        self.owner = owner
+        self.depth = depth
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetcher")
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Future[bool]] = {}
+        self._timelines: set[int] = set()
+        self.served = 0
+        self.prefetched_hits = 0
+
+    @property
+    def segment_size(self) -> int:
+        return self._segment_size()
+
+    def stop(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"served": self.served, "prefetch_hits": self.prefetched_hits}
+
+    def fetch(self, name: str, dest: Path) -> bool:
+        """Put archived `name` at `dest`; False if it is not archived."""
+        kind = kind_of(name)
+        if kind == "history":
+            with self._lock:
+                self._timelines.add(parse_history_file_name(name))
+        found = self._get(name)
+        if found:
+            self._hand_over(name, dest)
+            self.served += 1
+        if kind == "segment":
+            self._prefetch_after(name)
+        return found
+
+    def _spooled(self, name: str) -> Path:
+        return self.spool / name
+
+    def _get(self, name: str) -> bool:
+        """The file in the spool: prefetched, awaited from a prefetch, or downloaded now.
+        Storage errors propagate (the caller answers with them, not with "missing")."""
+        while True:
+            with self._lock:
+                future = self._inflight.get(name)
+                if future is None:
+                    if self._spooled(name).exists():
+                        self.prefetched_hits += 1
+                        return True
+                    mine: Future[bool] = Future()
+                    self._inflight[name] = mine
+                    break
+            with contextlib.suppress(Exception):
+                future.result()  # a prefetch of it: wait, then look again
+        try:
+            found = self._download(name)
+        except BaseException as exc:
+            mine.set_exception(exc)
+            raise
+        else:
+            mine.set_result(found)
+            return found
+        finally:
+            with self._lock:
+                self._inflight.pop(name, None)
+
+    def _download(self, name: str) -> bool:
+        self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.archive.fetch(name, self._spooled(name))
+
+    def _hand_over(self, name: str, dest: Path) -> None:
+        source = self._spooled(name)
+        try:
+            source.replace(dest)
+        except OSError:  # another file system: copy, then drop ours
+            dest.write_bytes(source.read_bytes())
+            source.unlink(missing_ok=True)
+        if self.owner is not None:  # an agent run as root serves PostgreSQL's user
+            os.chown(dest, *self.owner)
+
+    def _prefetch_after(self, name: str) -> None:
+        timeline, segno = parse_segment_name(name, self.segment_size)
+        with self._lock:
+            timelines = {timeline} | {t for t in self._timelines if t > timeline}
+            wanted = [
+                segment_name(t, segno + step, self.segment_size)
+                for step in range(1, self.depth + 1)
+                for t in sorted(timelines)
+            ]
+            for future_name in wanted:
+                if future_name in self._inflight or self._spooled(future_name).exists():
+                    continue
+                future = self._pool.submit(self._download_quietly, future_name)
+                self._inflight[future_name] = future
+        self._forget_older(timeline, segno)
+
+    def _download_quietly(self, name: str) -> bool:
+        try:
+            found = self._download(name)
+        except Exception as exc:  # noqa: BLE001 - a prefetch failing is retried on demand
+            log.debug("wal.prefetch_failed", name=name, reason=str(exc))
+            return False
+        finally:
+            with self._lock:
+                self._inflight.pop(name, None)
+        return found
+
+    def _forget_older(self, timeline: int, segno: int) -> None:
+        """Drop spooled segments replay has passed (a restart or a timeline change)."""
+        if not self.spool.is_dir():
+            return
+        for path in self.spool.iterdir():
+            if kind_of(path.name) != "segment":
+                continue
+            _, number = parse_segment_name(path.name, self.segment_size)
+            if number <= segno:
+                path.unlink(missing_ok=True)
