@@ -22,16 +22,18 @@ def make_ha_cluster() -> Iterator[Callable[..., Cluster]]:
         zookeeper_nodes: int = 1,
         synchronous_mode: str = "on",
         agent_overrides: dict[str, object] | None = None,
+        agent_storage: str = "fs",
     ) -> Cluster:
         lab = Lab.create(
             scratch_directory("ha"),
             LabSpec(
                 zookeeper_nodes=zookeeper_nodes,
-                s3=False,
+                s3=agent_storage == "s3",
                 postgres_nodes=nodes,
                 agents=True,
                 synchronous_mode=synchronous_mode,
                 agent_overrides=agent_overrides or {},
+                agent_storage=agent_storage,
             ),
         )
         labs.append(lab)

@@ -69,10 +69,12 @@ class Executor:
         initial_config: Callable[[], DynamicConfig],
         replica_methods: Sequence[str] = ("basebackup",),
         restore_backup: RestoreBackup | None = None,
+        on_promoted: Callable[[int], None] | None = None,
     ) -> None:
         self.me = me
         self.replica_methods = tuple(replica_methods)
         self.restore_backup = restore_backup
+        self.on_promoted = on_promoted
         self.instance = instance
         self.postmaster = postmaster
         self.store = store
@@ -316,6 +318,8 @@ class Executor:
         if cluster.failover is not None:
             self.store.clear_failover(cluster.failover.version)
         self._event("failover", {"new_leader": self.me, "old_leader": old})
+        if after is not None and self.on_promoted is not None:
+            self.on_promoted(after.timeline)
 
     def _hand_over(self, cluster: ClusterState, target: str, version: int) -> bool:
         """Switchover without losing a commit or needing a rewind afterwards."""

@@ -197,6 +197,7 @@ class Agent:
             lambda: initial_dynamic_config(settings),
             replica_methods=settings.postgres.create_replica_methods,
             restore_backup=self.restore_latest_backup,
+            on_promoted=self._promoted,
         )
         tags = Tags(settings.tags.nofailover, settings.tags.nosync, settings.tags.failover_priority)
         self.loop = HaLoop(
@@ -251,6 +252,10 @@ class Agent:
             self.store.add_event(kind, data)
         except StoreError as exc:
             log.warning("event.not_recorded", kind=kind, error=str(exc))
+
+    def _promoted(self, timeline: int) -> None:
+        if self.wal is not None:
+            self.wal.backfill(timeline)
 
     def restore_latest_backup(
         self, data_dir: Path, owner: tuple[int, int] | None, system_identifier: str

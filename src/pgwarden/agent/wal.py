@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -9,13 +10,19 @@ from typing import TYPE_CHECKING, Any
 from pgwarden.agent.walserver import WalServer
 from pgwarden.backup.context import BackupContext
 from pgwarden.errors import PgwardenError
+from pgwarden.logs import get_logger
 from pgwarden.postgres.instance import Instance
+from pgwarden.wal.archive import ArchiveError
 from pgwarden.wal.archiver import Archiver
+from pgwarden.wal.continuity import backfill
 from pgwarden.wal.fetcher import Fetcher
-from pgwarden.wal.names import DEFAULT_SEGMENT_SIZE
+from pgwarden.wal.names import DEFAULT_SEGMENT_SIZE, history_file_name, parse_history
 
 if TYPE_CHECKING:
     from pgwarden.config import Settings
+
+
+log = get_logger("agent.wal")
 
 
 class WalService:
@@ -29,6 +36,7 @@ class WalService:
     ) -> None:
         context = BackupContext.from_settings(settings)
         self.instance = instance
+        self.event = event
         self._segment_size: int | None = None
         data_dir = instance.spec.data_dir
         pg_wal = data_dir / "pg_wal"
@@ -50,6 +58,40 @@ class WalService:
             except (ValueError, PgwardenError):
                 return DEFAULT_SEGMENT_SIZE
         return self._segment_size
+
+    def backfill(self, timeline: int) -> None:
+        """After this member's promotion to `timeline`: archive, in the background, the
+        old-timeline segments it holds that the archive lacks (the old primary may have
+        died before archiving them)."""
+        threading.Thread(target=self._backfill, args=(timeline,), name="wal-backfill",
+                         daemon=True).start()  # fmt: skip
+
+    def _backfill(self, timeline: int) -> None:
+        pg_wal = self.instance.spec.data_dir / "pg_wal"
+        archive = self.archiver.archive
+        try:
+            history = parse_history((pg_wal / history_file_name(timeline)).read_text())
+            names = backfill(
+                (p.name for p in pg_wal.iterdir()), history, timeline, self.segment_size()
+            )
+            pushed = []
+            for name in names:
+                if archive.store.exists(archive.object_key(name)):
+                    continue
+                try:
+                    archive.push(pg_wal / name)
+                except ArchiveError as exc:
+                    if not (pg_wal / name).exists():
+                        continue  # recycled by a checkpoint meanwhile: nothing to save
+                    raise exc from None
+                pushed.append(name)
+        except (PgwardenError, OSError, ValueError) as exc:
+            log.error("wal.backfill_failed", timeline=timeline, reason=str(exc))
+            self.event("archive_backfill_failed", {"timeline": timeline, "reason": str(exc)})
+            return
+        log.info("wal.backfilled", timeline=timeline, checked=len(names), pushed=len(pushed))
+        if pushed:
+            self.event("archive_backfilled", {"timeline": timeline, "segments": pushed})
 
     def start(self) -> None:
         self.server.start()

@@ -67,7 +67,7 @@ def _check_object(
     return checked, []
 
 
-def _missing_wal(store: ObjectStore, layout: Layout, manifest: Manifest) -> list[Problem]:
+def missing_wal(store: ObjectStore, layout: Layout, manifest: Manifest) -> list[Problem]:
     timeline, first = parse_segment_name(manifest.start_wal, manifest.segment_size)
     _, last = parse_segment_name(manifest.stop_wal, manifest.segment_size)
     problems = []
@@ -94,6 +94,6 @@ def verify_backup(
         ):
             total += checked
             problems.extend(found)
-    problems.extend(_missing_wal(store, layout, manifest))
+    problems.extend(missing_wal(store, layout, manifest))
     ordered = tuple(sorted(problems, key=lambda p: (p.object, p.file or "")))
     return VerifyReport(manifest.id, len(objects), len(manifest.files), total, ordered)

@@ -14,7 +14,7 @@ from pgwarden.cli.lab_cmd import lab_group
 from pgwarden.cli.list_cmd import list_command
 from pgwarden.cli.member_cmd import reinit_command, reload_command, restart_command
 from pgwarden.cli.pause_cmd import pause_command, resume_command
-from pgwarden.cli.wal_cmd import wal_fetch_command, wal_push_command
+from pgwarden.cli.wal_cmd import check_command, wal_fetch_command, wal_push_command
 from pgwarden.errors import PgwardenError
 from pgwarden.logs import LEVELS, configure_logging
 
@@ -61,6 +61,7 @@ cli.add_command(backup_group)
 cli.add_command(restore_command)
 cli.add_command(wal_push_command)
 cli.add_command(wal_fetch_command)
+cli.add_command(check_command)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from pgwarden.cli.common import config_option
+from pgwarden.cli.render import emit_json, output_option
 
 # restore_command: PostgreSQL treats exit 1 as "not archived" and stops recovery from
 # the archive; an exit code above 125 would make it abort.
@@ -59,3 +60,50 @@ def wal_fetch_command(
     context = BackupContext.from_settings(load_config(config_path))
     if not context.wal.fetch(name, destination):
         raise SystemExit(_NOT_FOUND)
+
+
+@click.command("check")
+@config_option
+@output_option
+def check_command(config_path: Path, output: str) -> None:
+    """Check that the archive holds every WAL segment recovery needs.
+
+    Follows the newest timeline's history from the first segment the oldest backup needs
+    to the newest archived segment, and checks each backup's own WAL range. Every missing
+    segment is named; the exit code is 1 if any is.
+    """
+    from pgwarden.backup.context import BackupContext  # noqa: PLC0415
+    from pgwarden.config import load_config  # noqa: PLC0415
+    from pgwarden.wal.check import check_archive  # noqa: PLC0415
+
+    report = check_archive(BackupContext.from_settings(load_config(config_path)))
+    found = report.continuity
+    timelines = " -> ".join(str(tl) for tl, _, _ in found.path)
+    if output == "json":
+        emit_json(
+            {
+                "ok": report.ok,
+                "timelines": [tl for tl, _, _ in found.path],
+                "oldest_backup": report.oldest_backup,
+                "first": found.first,
+                "last": found.last,
+                "segments_checked": found.checked,
+                "gaps": list(found.gaps),
+                "backup_problems": [p.sentence() for p in report.backup_problems],
+            }
+        )
+    elif found.first is None:
+        click.echo("the archive holds no WAL segment on the newest timeline's path")
+    else:
+        since = f"the oldest backup {report.oldest_backup}" if report.oldest_backup else "its start"
+        state = "no gaps" if not found.gaps else f"{len(found.gaps)} missing segment(s)"
+        click.echo(
+            f"archive: timelines {timelines}; {found.checked} segments from {found.first} "
+            f"({since}) to {found.last}: {state}"
+        )
+        for name in found.gaps:
+            click.echo(f"  missing: {name}")
+        for problem in report.backup_problems:
+            click.echo(f"  {problem.sentence()}")
+    if not report.ok:
+        raise SystemExit(1)

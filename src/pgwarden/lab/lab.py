@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from pgwarden.lab import agents, faults, s3, zookeeper
+from pgwarden.lab import agents, archiving, faults, s3, zookeeper
 from pgwarden.lab import postgres as pg
 from pgwarden.lab.procs import (
     LabError,
@@ -57,6 +57,8 @@ class LabSpec:
     agents_user: str | None = None
     # Merged into every agent's configuration, section by section (e.g. a backup schedule).
     agent_overrides: Mapping[str, Any] = field(default_factory=dict)
+    # Where agents keep backups and WAL: a directory of the lab, or its S3 endpoint.
+    agent_storage: str = "fs"
 
     def validate(self) -> None:
         if self.zookeeper_nodes not in (0, 1, 3):
@@ -65,6 +67,8 @@ class LabSpec:
             raise LabError(f"--nodes must be between 0 and 9, got {self.postgres_nodes}")
         if self.agents and not (self.zookeeper_nodes and self.postgres_nodes):
             raise LabError("agents need ZooKeeper and at least one member")
+        if self.agent_storage not in ("fs", "s3") or (self.agent_storage == "s3" and not self.s3):
+            raise LabError("agent storage must be fs, or s3 with the S3 endpoint started")
 
 
 class Lab:
@@ -98,6 +102,7 @@ class Lab:
             "agents_user": spec.agents_user,
             "synchronous_mode": spec.synchronous_mode,
             "agent_overrides": dict(spec.agent_overrides),
+            "agent_storage": spec.agent_storage,
         }
         if spec.postgres_nodes:
             members = pg.plan_members(root / "pg", spec.postgres_nodes)
@@ -235,6 +240,12 @@ class Lab:
             )
             for m in pg_state["members"]
         }
+        if self.state.get("agent_storage") == "s3" and self.s3 is not None:
+            owner = self.state.get("agents_user") or self.os_user
+            credentials = token.parent / "s3.credentials"
+            section = archiving.s3_storage(self.s3, "lab", credentials, owner)
+            for config in configs.values():
+                config["storage"] = section
         for config in configs.values():
             agents.merge(config, self.state.get("agent_overrides") or {})
         paths = agents.write_configs(self.directory, configs)

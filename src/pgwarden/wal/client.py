@@ -25,8 +25,9 @@ import sys
 # restore_command: exit 1 tells PostgreSQL the file is not archived.
 EXIT_OK, EXIT_FAILED = 0, 1
 CONNECT_TIMEOUT = 1.0
-# A push may wait for an upload in flight; PostgreSQL waits for us anyway.
-ANSWER_TIMEOUT = 300.0
+# A push may wait for an upload in flight. An agent silent this long (frozen, stuck) is
+# bypassed: the direct path uploads again, which is safe (pushes are idempotent).
+ANSWER_TIMEOUT = 30.0
 
 
 class _NoAgent(Exception):  # noqa: N818 - internal signal, never escapes
