@@ -334,6 +334,11 @@ class WalSettings(_Section):
     archive: Flag = True
     # The agent's WAL socket for wal-push/wal-fetch; null: `<data_dir>.wal.sock`.
     socket: AbsolutePath | None = None
+    # Protects the primary's disk when storage fails for long: past this many bytes of
+    # WAL waiting in pg_wal, segments are reported archived WITHOUT being stored (a loud
+    # `archive_dropped` event; the archive has a gap until the next base backup).
+    # null: never; WAL waits in pg_wal however long storage is down.
+    max_backlog_bytes: Count | None = Field(default=None, ge=16 * 1024 * 1024)
 
 
 class DrillCheck(_Section):

@@ -105,6 +105,8 @@ class MemberInfo:
     version: str = ""
     system_identifier: str | None = None
     decision: str = ""  # the member's last decision sentence, for `pgwarden list`
+    # The primary's WAL archiving: last archived segment, pending segments, lag, failures.
+    archive: Mapping[str, Any] | None = None
 
     @property
     def wal_position(self) -> Lsn | None:
@@ -126,6 +128,7 @@ class MemberInfo:
             "version": self.version,
             "system_identifier": self.system_identifier,
             "decision": self.decision,
+            "archive": dict(self.archive) if self.archive is not None else None,
         }
 
     @classmethod
@@ -144,6 +147,7 @@ class MemberInfo:
             version=str(data.get("version", "")),
             system_identifier=data.get("system_identifier"),
             decision=str(data.get("decision", "")),
+            archive=data.get("archive") if isinstance(data.get("archive"), Mapping) else None,
         )
 
 

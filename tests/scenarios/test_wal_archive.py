@@ -48,6 +48,16 @@ def archived_up_to_now(cluster: HaCluster, member: str, timeout: float = 60.0) -
     )  # fmt: skip
 
 
+def leader_archive(cluster: HaCluster, *, failing: bool) -> dict[str, Any] | None:
+    """The leader's archive status in `pgwarden list`, once it is (not) failing."""
+    _, listed, _ = pgwarden(cluster, "list")
+    (leader,) = [m for m in listed["members"] if m["role"] == "leader"]
+    archive = leader["archive"]
+    if archive is None or (archive["failing_since"] is not None) != failing:
+        return None
+    return archive  # type: ignore[no-any-return]
+
+
 @contextmanager
 def pgbench(cluster: HaCluster, member: str, seconds: int) -> Iterator[None]:
     """pgbench against `member` in the background (it stops at the failover)."""
@@ -100,6 +110,7 @@ def test_an_archive_outage_keeps_wal_and_catches_up(
     assert endpoint is not None
     primary = cluster.wait_converged()
     archived_up_to_now(cluster, primary)
+    assert events(cluster, "archive_failing") == []
 
     cut = cluster.lab.cut("127.0.0.1", endpoint.host, refuse=True)
     try:
@@ -111,10 +122,14 @@ def test_an_archive_outage_keeps_wal_and_catches_up(
         ready = list((cluster.lab.member(primary).data_dir / "pg_wal" / "archive_status").glob(
             "*.ready"))  # fmt: skip
         assert len(ready) >= 3  # still safely in pg_wal
+        shown = poll_until(lambda: leader_archive(cluster, failing=True), 10)
+        assert shown["pending_segments"] >= 3
         time.sleep(20)
     finally:
         cluster.lab.heal(cut)
     archived_up_to_now(cluster, primary, timeout=90)
     assert poll_until(lambda: events(cluster, "archive_recovered") or None, 30)
+    shown = poll_until(lambda: leader_archive(cluster, failing=False), 10)
+    assert shown["pending_segments"] == 0 and shown["last_archived"]
     code, report, err = pgwarden(cluster, "check")
     assert code == 0 and report["gaps"] == [], (report, err)

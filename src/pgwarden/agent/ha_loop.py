@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Any
 
 from pgwarden import __version__
 from pgwarden.agent.executor import Executor, LocalMemory
@@ -60,8 +62,10 @@ class HaLoop:
         keeper: LeaseKeeper,
         executor: Executor,
         memory: LocalMemory,
+        archive_status: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> None:
         self.me = me
+        self.archive_status = archive_status
         self.api_url = api_url
         self.tags = tags
         self.instance = instance
@@ -223,6 +227,7 @@ class HaLoop:
             version=__version__,
             system_identifier=local.system_identifier,
             decision=reason,
+            archive=self.archive_status() if role is Role.PRIMARY else None,
         )
         try:
             self.store.publish_member(info)

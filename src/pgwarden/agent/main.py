@@ -210,6 +210,7 @@ class Agent:
             self.keeper,
             self.executor,
             self.memory,
+            archive_status=self._archive_summary,
         )
         self.backups: BackupScheduler | None = None
         self.wal: WalService | None = None
@@ -252,6 +253,13 @@ class Agent:
             self.store.add_event(kind, data)
         except StoreError as exc:
             log.warning("event.not_recorded", kind=kind, error=str(exc))
+
+    def _archive_summary(self) -> dict[str, Any] | None:
+        if self.wal is None:
+            return None
+        status = self.wal.archiver.snapshot()
+        keys = ("last_archived", "pending_segments", "lag_seconds", "failing_since", "failed")
+        return {key: status[key] for key in keys}
 
     def _promoted(self, timeline: int) -> None:
         if self.wal is not None:

@@ -40,7 +40,9 @@ class WalService:
         self._segment_size: int | None = None
         data_dir = instance.spec.data_dir
         pg_wal = data_dir / "pg_wal"
-        self.archiver = Archiver(context.wal, pg_wal, event=event)
+        self.archiver = Archiver(
+            context.wal, pg_wal, event=event, max_backlog_bytes=settings.wal.max_backlog_bytes
+        )
         self.fetcher = Fetcher(
             context.wal,
             data_dir.with_name(data_dir.name + ".wal-spool"),

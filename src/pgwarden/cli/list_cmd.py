@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,26 @@ def cluster_rows(cluster: ClusterState) -> list[dict[str, Any]]:
                 "timeline": info.timeline,
                 "lag_bytes": 0 if name == leader else lag,
                 "sync": name in cluster.sync.members,
+                "archive": dict(info.archive) if info.archive is not None else None,
                 "decision": info.decision,
             }
         )
     return rows
+
+
+def archive_text(archive: dict[str, Any] | None) -> str:
+    """The primary's archiving in a few words: `ok 00000001000000000000000A`,
+    `2 pending, 3.1 s behind`, `FAILING since 12:00:03, 5 pending`."""
+    if not archive:
+        return "-"
+    pending = archive.get("pending_segments") or 0
+    if archive.get("failing_since"):
+        since = datetime.fromtimestamp(archive["failing_since"], UTC).strftime("%H:%M:%S")
+        return f"FAILING since {since}, {pending} pending"
+    if pending:
+        return f"{pending} pending, {archive.get('lag_seconds') or 0:.1f} s behind"
+    last = archive.get("last_archived")
+    return f"ok {last}" if last else "ok"
 
 
 @click.command("list")
@@ -65,7 +82,7 @@ def list_command(config_path: Path, output: str) -> None:
         click.secho("MAINTENANCE MODE: the cluster is paused, no automatic failover", bold=True)
     leader = cluster.leader.name if cluster.leader else "none"
     click.echo(f"cluster {settings.cluster}, leader {leader}")
-    header = ("MEMBER", "HOST", "ROLE", "STATE", "TL", "LAG", "SYNC", "LAST DECISION")
+    header = ("MEMBER", "HOST", "ROLE", "STATE", "TL", "LAG", "SYNC", "ARCHIVE", "LAST DECISION")
     table = [header] + [
         (
             r["member"],
@@ -75,6 +92,7 @@ def list_command(config_path: Path, output: str) -> None:
             str(r["timeline"] or "-"),
             "-" if r["lag_bytes"] is None else str(r["lag_bytes"]),
             "yes" if r["sync"] else "",
+            archive_text(r["archive"]),
             r["decision"],
         )
         for r in rows

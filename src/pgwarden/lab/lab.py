@@ -162,9 +162,11 @@ class Lab:
             self._start_postgres()
         if self.zookeeper_nodes:
             zookeeper.wait_ready(self.registry, self.zookeeper_nodes)
+        if self.s3 is not None and self.state.get("agent_storage") == "s3":
+            s3.wait_ready(self.registry, self.s3)  # the bucket exists before agents archive
         if self.state.get("agents"):
             self._start_agents()
-        if self.s3 is not None:
+        if self.s3 is not None and self.state.get("agent_storage") != "s3":
             s3.wait_ready(self.registry, self.s3)
 
     def _start_postgres(self) -> None:

@@ -31,6 +31,9 @@ log = get_logger("wal.archiver")
 REMEMBERED = 4096
 POLL_INTERVAL = 0.05
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
+# An upload still running after this long counts as a failure for alerting: storage that
+# drops packets makes each attempt wait for its timeouts before it fails.
+STALLED_AFTER = 10.0
 
 
 @dataclass
@@ -67,8 +70,11 @@ class Archiver:
         *,
         workers: int = 2,
         event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None,
+        max_backlog_bytes: int | None = None,
     ) -> None:
         self.archive = archive
+        self.max_backlog_bytes = max_backlog_bytes
+        self.dropped: list[str] = []
         self.pg_wal = pg_wal
         self.status_dir = pg_wal / "archive_status"
         self.event = event
@@ -77,6 +83,7 @@ class Archiver:
         self._lock = threading.Lock()
         self._stored: OrderedDict[str, None] = OrderedDict()
         self._inflight: dict[str, Future[bool]] = {}
+        self._started: dict[str, float] = {}  # in-flight name -> monotonic start
         self._retry_at: dict[str, float] = {}
         self._retry_delay: dict[str, float] = {}
         self._pending: dict[str, float] = {}  # ready name -> when we first saw it
@@ -102,7 +109,8 @@ class Archiver:
     # --- what wal-push asks -------------------------------------------------------------
     def push(self, path: Path) -> None:
         """Make sure `path` is archived: at once if stored already, else wait for (or
-        start) its upload. Raises ArchiveError (or StorageError) if it cannot be."""
+        start) its upload. Raises ArchiveError (or StorageError) if it cannot be, unless
+        the backlog passed `max_backlog_bytes`: then the file is given up (see `_drop`)."""
         name = path.name
         with self._lock:
             if name in self._stored:
@@ -110,13 +118,49 @@ class Archiver:
             future = self._inflight.get(name)
             if future is None:
                 future = self._submit_locked(name, path)
-        future.result()
+        try:
+            future.result()
+        except (PgwardenError, OSError) as exc:
+            if isinstance(exc, ArchiveConflictError) or not self._over_limit():
+                raise
+            self._drop(name, str(exc))
+
+    def _backlog_bytes(self) -> int:
+        total = 0
+        with self._lock:
+            names = list(self._pending)
+        for name in names:
+            try:
+                total += (self.pg_wal / name).stat().st_size
+            except OSError:
+                continue
+        return total
+
+    def _over_limit(self) -> bool:
+        return self.max_backlog_bytes is not None and (
+            self._backlog_bytes() > self.max_backlog_bytes
+        )
+
+    def _drop(self, name: str, reason: str) -> None:
+        """Protect the primary's disk: tell PostgreSQL this file is archived although it is
+        not, so it can be removed. The archive now has a gap until the next base backup;
+        `pgwarden check` names it."""
+        self.dropped.append(name)
+        log.error(
+            "wal.archive_dropped",
+            name=name,
+            reason=f"WAL backlog over wal.max_backlog_bytes ({self.max_backlog_bytes}) while "
+            f"storage fails ({reason}); {name} is NOT archived and point-in-time recovery "
+            "across it is impossible until the next base backup",
+        )
+        self.event("archive_dropped", {"name": name, "reason": reason})
 
     # --- watching archive_status ------------------------------------------------------
     def _watch(self) -> None:
         while not self._stop.is_set():
             try:
                 self._scan()
+                self._check_stalled()
             except OSError as exc:  # pg_wal not there yet (a replica being created)
                 log.debug("archiver.scan_failed", reason=str(exc))
             self._stop.wait(POLL_INTERVAL)
@@ -146,7 +190,24 @@ class Archiver:
     def _submit_locked(self, name: str, path: Path) -> Future[bool]:
         future = self._pool.submit(self._upload, name, path)
         self._inflight[name] = future
+        self._started[name] = time.monotonic()
         return future
+
+    def _check_stalled(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            stalled = [n for n, t in self._started.items() if now - t > STALLED_AFTER]
+            first = bool(stalled) and self.status.failing_since is None
+            if first:
+                self.status.failing_since = time.time()
+                self.status.last_failure = (
+                    f"uploading {stalled[0]} has taken over {STALLED_AFTER:g} s"
+                )
+                self.status.last_failure_at = time.time()
+        if first:
+            reason = self.status.last_failure
+            log.error("wal.archive_stalled", name=stalled[0], reason=reason)
+            self.event("archive_failing", {"name": stalled[0], "reason": reason})
 
     def _upload(self, name: str, path: Path) -> bool:
         started = time.monotonic()
@@ -164,6 +225,7 @@ class Archiver:
         finally:
             with self._lock:
                 self._inflight.pop(name, None)
+                self._started.pop(name, None)
 
     def _succeeded(self, name: str, started: float, stored_now: bool) -> None:
         recovered = False
@@ -180,7 +242,11 @@ class Archiver:
                 status.last_archived = name
             status.last_archived_at = time.time()
             status.archived_count += 1
-            if status.failing_since is not None and not self._retry_at:
+            if (
+                status.failing_since is not None
+                and not self._retry_at
+                and not any(time.monotonic() - t > STALLED_AFTER for t in self._started.values())
+            ):
                 recovered = True
                 status.failing_since = None
         log.debug("wal.archived", name=name, stored_now=stored_now,
