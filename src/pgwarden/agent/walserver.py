@@ -2,17 +2,16 @@
 
 A unix stream socket beside the data directory, readable and writable by the PostgreSQL
 OS user only; one JSON request and one JSON answer per connection (see
-`pgwarden.wal.client`). Pushes are checked to name a file in this instance's pg_wal.
+`pgwarden.wal.client`, tab-separated fields). Pushes are checked to name a file in this
+instance's pg_wal.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socketserver
 import threading
 from pathlib import Path
-from typing import Any
 
 from pgwarden.errors import PgwardenError
 from pgwarden.logs import get_logger
@@ -33,30 +32,25 @@ class _Handler(socketserver.StreamRequestHandler):
     server: _Server
 
     def handle(self) -> None:
-        try:
-            request = json.loads(self.rfile.readline(65536))
-            answer = self._answer(request if isinstance(request, dict) else {})
-        except ValueError:
-            answer = {"status": "error", "error": "the request is not JSON"}
-        self.wfile.write(json.dumps(answer).encode() + b"\n")
+        line = self.rfile.readline(65536).decode(errors="replace").rstrip("\n")
+        answer = self._answer(line.split("\t"))
+        self.wfile.write(("\t".join(answer).replace("\n", " ") + "\n").encode())
 
-    def _answer(self, request: dict[str, Any]) -> dict[str, str]:
-        op = request.get("op")
+    def _answer(self, request: list[str]) -> list[str]:
         try:
-            if op == "push":
-                path = Path(str(request.get("path", "")))
-                if path.parent.resolve() != self.server.pg_wal.resolve():
-                    return {"status": "unavailable"}  # not ours: let the client go direct
-                self.server.archiver.push(path)
-                return {"status": "ok"}
-            if op == "fetch":
-                name = str(request.get("name", ""))
-                dest = Path(str(request.get("dest", "")))
-                found = self.server.fetcher.fetch(name, dest)
-                return {"status": "ok" if found else "missing"}
+            match request:
+                case ["push", path_text]:
+                    path = Path(path_text)
+                    if path.parent.resolve() != self.server.pg_wal.resolve():
+                        return ["unavailable"]  # not ours: let the client go direct
+                    self.server.archiver.push(path)
+                    return ["ok"]
+                case ["fetch", name, dest]:
+                    found = self.server.fetcher.fetch(name, Path(dest))
+                    return ["ok" if found else "missing"]
         except (PgwardenError, OSError) as exc:
-            return {"status": "error", "error": str(exc)}
-        return {"status": "error", "error": f"unknown request {op!r}"}
+            return ["error", str(exc).replace("\t", " ")]
+        return ["error", f"unknown request {request[0]!r}"]
 
 
 class WalServer:

@@ -29,7 +29,7 @@ log = get_logger("wal.archiver")
 
 # How many names of stored files to remember (a day of busy WAL is far fewer).
 REMEMBERED = 4096
-POLL_INTERVAL = 0.05
+POLL_INTERVAL = 0.01
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
 # An upload still running after this long counts as a failure for alerting: storage that
 # drops packets makes each attempt wait for its timeouts before it fails.

@@ -1,0 +1,186 @@
+"""WAL archiving under pgbench at full speed, and fetching it back.
+
+One agent-run member (ZooKeeper, the lab S3 endpoint as storage, archive_command and
+restore_command through `pgwarden wal-push/wal-fetch --socket`). pgbench runs for
+--seconds; meanwhile `pg_wal/archive_status` is polled every 2 ms: a segment's push
+latency is the time from its `.ready` marker appearing to it turning `.done`, which is
+what PostgreSQL experiences (the archiver noticing it, archive_command running, the
+answer), and the number of `.ready` markers at once is the backlog.
+
+Then fetching: every archived segment is fetched once in order with `pgwarden wal-fetch`
+through the agent (as PostgreSQL's replay asks for them, one after another, so the
+agent's prefetch works ahead), and once directly against storage (no agent) for scale.
+
+Keys: segments_generated, segments_archived, push_latency_ms_p50, push_latency_ms_p99,
+max_ready_backlog, fetch_segments_per_s (through the agent), plus direct figures.
+Prints JSON on stdout (and to --json FILE); progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pgwarden.lab import Lab, LabSpec, scratch_directory
+from pgwarden.lab.ha import HaCluster
+from pgwarden.wal.names import kind_of
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+class StatusWatcher(threading.Thread):
+    """Polls archive_status: when each .ready appeared and when it turned .done."""
+
+    def __init__(self, status_dir: Path) -> None:
+        super().__init__(daemon=True)
+        self.status_dir = status_dir
+        self.ready_at: dict[str, float] = {}
+        self.done_at: dict[str, float] = {}
+        self.max_ready = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            now = time.monotonic()
+            try:
+                names = os.listdir(self.status_dir)
+            except OSError:
+                names = []
+            ready = 0
+            for entry in names:
+                base, _, suffix = entry.rpartition(".")
+                if kind_of(base) != "segment":
+                    continue
+                if suffix == "ready":
+                    ready += 1
+                    self.ready_at.setdefault(base, now)
+                elif suffix == "done" and base in self.ready_at:
+                    self.done_at.setdefault(base, now)
+            self.max_ready = max(self.max_ready, ready)
+            time.sleep(0.002)
+
+
+def pgbench(lab: Lab, member: str, seconds: int, scale: int) -> None:
+    dsn = lab.member(member).dsn()
+    env = dict(os.environ) | {"PGPASSWORD": lab.credentials.superuser_password}
+    binary = str(lab.bin_dir / "pgbench")
+    subprocess.run([binary, "-i", "-q", "-s", str(scale), dsn], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    log(f"pgbench -c 4 -j 2 for {seconds} s")
+    subprocess.run([binary, "-n", "-c", "4", "-j", "2", "-T", str(seconds), dsn], env=env,
+                   check=True, capture_output=True)  # fmt: skip
+
+
+def fetch_all(
+    config: Path, socket: str | None, names: list[str], into: Path
+) -> tuple[float, float]:
+    """Fetch each name in order, one process per name as PostgreSQL does: (segments/s,
+    median milliseconds per call)."""
+    started = time.monotonic()
+    calls = []
+    for name in names:
+        argv = [sys.executable, "-m", "pgwarden", "wal-fetch", "-c", str(config)]
+        if socket:
+            argv += ["--socket", socket]
+        call = time.monotonic()
+        done = subprocess.run(
+            [*argv, name, str(into / "RECOVERYXLOG")], capture_output=True, check=False
+        )
+        calls.append((time.monotonic() - call) * 1000)
+        if done.returncode != 0:
+            raise RuntimeError(f"wal-fetch {name} failed: {done.stderr.decode().strip()}")
+    return len(names) / (time.monotonic() - started), statistics.median(calls)
+
+
+def run(seconds: int, scale: int, direct_sample: int) -> dict[str, Any]:
+    lab = Lab.create(
+        scratch_directory("walbench"),
+        LabSpec(zookeeper_nodes=1, s3=True, postgres_nodes=1, agents=True,
+                agent_storage="s3", synchronous_mode="off",
+                # More checkpoints, more full-page images: more WAL per second.
+                agent_overrides={"postgres": {"parameters": {"max_wal_size": "256MB"}}}),
+    )  # fmt: skip
+    try:
+        cluster = HaCluster(lab)
+        primary = cluster.wait_converged()
+        data_dir = lab.member(primary).data_dir
+        watcher = StatusWatcher(data_dir / "pg_wal" / "archive_status")
+        watcher.start()
+        with lab.connect(primary, autocommit=True) as conn:
+            start_lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        pgbench(lab, primary, seconds, scale)
+        with lab.connect(primary, autocommit=True) as conn:
+            conn.execute("SELECT pg_switch_wal()")
+            generated = conn.execute(
+                "SELECT (pg_current_wal_lsn() - %s::pg_lsn) / (16 * 1024 * 1024)", [start_lsn]
+            ).fetchone()[0]
+        deadline = time.monotonic() + 60
+        while any(n not in watcher.done_at for n in watcher.ready_at):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        watcher.stop.set()
+        latencies = [
+            (watcher.done_at[n] - watcher.ready_at[n]) * 1000
+            for n in watcher.ready_at
+            if n in watcher.done_at
+        ]
+        archived = sorted(watcher.done_at)
+        config = lab.agent_config_path(primary)
+        socket = str(data_dir.with_name(data_dir.name + ".wal.sock"))
+        with tempfile.TemporaryDirectory() as scratch:
+            log(f"fetching {len(archived)} segments through the agent")
+            through_agent, agent_call_ms = fetch_all(config, socket, archived, Path(scratch))
+            sample = archived[:direct_sample]
+            log(f"fetching {len(sample)} segments directly")
+            direct, direct_call_ms = fetch_all(config, None, sample, Path(scratch))
+        return {
+            "seconds": seconds,
+            "scale": scale,
+            "segments_generated": int(generated),
+            "segments_archived": len(archived),
+            "push_latency_ms_p50": round(statistics.median(latencies), 1) if latencies else None,
+            "push_latency_ms_p99": round(percentile(latencies, 0.99), 1) if latencies else None,
+            "push_latency_ms_max": round(max(latencies), 1) if latencies else None,
+            "max_ready_backlog": watcher.max_ready,
+            "fetch_segments_per_s": round(through_agent, 1),
+            "fetch_call_ms_p50": round(agent_call_ms, 1),
+            "fetch_direct_segments_per_s": round(direct, 1),
+            "fetch_direct_call_ms_p50": round(direct_call_ms, 1),
+        }
+    finally:
+        lab.down()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--scale", type=int, default=16)
+    parser.add_argument("--direct-sample", type=int, default=10)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    result = run(args.seconds, args.scale, args.direct_sample)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

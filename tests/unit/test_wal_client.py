@@ -1,0 +1,282 @@
+"""`pgwarden wal-push`/`wal-fetch` fast path: ask the agent's socket, else do it directly.
+
+The agent here is a small real unix socket server speaking the client's protocol (one JSON
+line each way); what it answers is set per test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgwarden.wal import client
+
+SEGMENT = "000000010000000000000003"
+
+
+class FakeAgent(socketserver.ThreadingUnixStreamServer):
+    """Records each request line and answers with `reply` (raw bytes, so garbage is possible).
+    `silent` makes it accept and then say nothing until the test ends."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str) -> None:
+        self.requests: list[dict[str, str]] = []
+        self.reply = b'{"status": "ok"}\n'
+        self.silent = False
+        self.release = threading.Event()
+        super().__init__(path, _Handler)
+
+    def answer(self, **fields: str) -> None:
+        self.reply = json.dumps(fields).encode() + b"\n"
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: FakeAgent
+
+    def handle(self) -> None:
+        self.server.requests.append(json.loads(self.rfile.readline()))
+        if self.server.silent:
+            self.server.release.wait(10)
+            return
+        self.wfile.write(self.server.reply)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    # A unix socket path must stay under ~104 bytes; pytest's tmp_path can be longer.
+    directory = Path(tempfile.mkdtemp(prefix="pgw-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def agent(short_dir: Path) -> Iterator[FakeAgent]:
+    server = FakeAgent(str(short_dir / "wal.sock"))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.fixture
+def direct(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:
+    """Calls of the full CLI (the slow path); it answers with exit code 7 to be recognised."""
+    calls: list[tuple[str, list[str]]] = []
+
+    def fake_direct(command: str, argv: list[str]) -> int:
+        calls.append((command, list(argv)))
+        return 7
+
+    monkeypatch.setattr(client, "_direct", fake_direct)
+    return calls
+
+
+def sock(agent: FakeAgent) -> str:
+    return str(agent.server_address)
+
+
+# --- the agent answers ------------------------------------------------------------------
+
+
+def test_push_stored_by_the_agent_succeeds_and_names_the_file_by_absolute_path(
+    agent: FakeAgent,
+    direct: list[tuple[str, list[str]]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert client.run("wal-push", ["--socket", sock(agent), f"pg_wal/{SEGMENT}"]) == 0
+    assert agent.requests == [{"op": "push", "path": str(tmp_path / "pg_wal" / SEGMENT)}]
+    assert direct == []
+    assert capsys.readouterr() == ("", "")
+
+
+def test_fetch_served_by_the_agent_succeeds_with_an_absolute_destination(
+    agent: FakeAgent,
+    direct: list[tuple[str, list[str]]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["-c", "/etc/pgwarden.yaml", "--socket", sock(agent), SEGMENT, "pg_wal/RECOVERYXLOG"]
+    assert client.run("wal-fetch", argv) == 0
+    assert agent.requests == [
+        {"op": "fetch", "name": SEGMENT, "dest": str(tmp_path / "pg_wal" / "RECOVERYXLOG")}
+    ]
+    assert direct == []
+
+
+def test_a_segment_not_archived_exits_1_without_a_message(
+    agent: FakeAgent, direct: list[tuple[str, list[str]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    agent.answer(status="missing")
+    assert client.run("wal-fetch", ["--socket", sock(agent), SEGMENT, "/x/RECOVERYXLOG"]) == 1
+    assert capsys.readouterr() == ("", "")
+    assert direct == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ({"status": "error", "error": "storage refused the upload"}, "storage refused the upload"),
+        ({"status": "error"}, "the agent failed without a reason"),
+    ],
+)
+def test_an_agent_error_exits_1_with_its_sentence_on_stderr(
+    agent: FakeAgent,
+    direct: list[tuple[str, list[str]]],
+    capsys: pytest.CaptureFixture[str],
+    answer: dict[str, str],
+    message: str,
+) -> None:
+    agent.answer(**answer)
+    assert client.run("wal-push", ["--socket", sock(agent), f"/pg_wal/{SEGMENT}"]) == 1
+    assert capsys.readouterr() == ("", f"error: {message}\n")
+    assert direct == []
+
+
+# --- falling back to the full CLI ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["wal-push", "wal-fetch"])
+def test_an_unavailable_answer_falls_back_to_the_direct_path(
+    agent: FakeAgent, direct: list[tuple[str, list[str]]], command: str
+) -> None:
+    agent.answer(status="unavailable")
+    positional = [f"/pg_wal/{SEGMENT}"] if command == "wal-push" else [SEGMENT, "/pg_wal/X"]
+    argv = ["--socket", sock(agent), *positional]
+    assert client.run(command, argv) == 7
+    assert direct == [(command, argv)]
+    assert len(agent.requests) == 1
+
+
+def test_a_missing_socket_file_falls_back_to_the_direct_path(
+    short_dir: Path, direct: list[tuple[str, list[str]]]
+) -> None:
+    argv = ["--socket", str(short_dir / "absent.sock"), f"/pg_wal/{SEGMENT}"]
+    assert client.run("wal-push", argv) == 7
+    assert direct == [("wal-push", argv)]
+
+
+def test_a_socket_nobody_listens_on_falls_back_to_the_direct_path(
+    short_dir: Path, direct: list[tuple[str, list[str]]]
+) -> None:
+    # What a killed agent leaves behind: the socket file, no listener.
+    path = str(short_dir / "stale.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+        stale.bind(path)
+    argv = ["--socket", path, SEGMENT, "/pg_wal/RECOVERYXLOG"]
+    assert client.run("wal-fetch", argv) == 7
+    assert direct == [("wal-fetch", argv)]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"", b"not json\n", b'["ok"]\n', b'"ok"\n', b'{"status": "ok"'],
+    ids=["closed", "not-json", "list", "string", "cut-off"],
+)
+def test_an_answer_that_is_not_a_json_object_falls_back_to_the_direct_path(
+    agent: FakeAgent, direct: list[tuple[str, list[str]]], reply: bytes
+) -> None:
+    agent.reply = reply
+    argv = ["--socket", sock(agent), f"/pg_wal/{SEGMENT}"]
+    assert client.run("wal-push", argv) == 7
+    assert direct == [("wal-push", argv)]
+
+
+def test_an_agent_that_never_answers_is_bypassed_after_the_answer_timeout(
+    agent: FakeAgent, direct: list[tuple[str, list[str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client, "ANSWER_TIMEOUT", 0.3)
+    agent.silent = True
+    argv = ["--socket", sock(agent), f"/pg_wal/{SEGMENT}"]
+    started = time.monotonic()
+    assert client.run("wal-push", argv) == 7
+    elapsed = time.monotonic() - started
+    assert direct == [("wal-push", argv)]
+    assert 0.25 <= elapsed < 2.0
+    assert len(agent.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ("wal-push", [f"/pg_wal/{SEGMENT}"]),  # no --socket: nothing to ask
+        ("wal-push", ["-c", "/etc/pgwarden.yaml", f"/pg_wal/{SEGMENT}"]),
+        ("wal-push", ["--help"]),
+        ("wal-push", ["--socket"]),
+        ("wal-push", ["-c"]),
+        ("wal-push", ["--socket", "SOCK", f"/pg_wal/{SEGMENT}", "extra"]),
+        ("wal-push", ["--socket=SOCK", f"/pg_wal/{SEGMENT}"]),
+        ("wal-push", ["--socket", "SOCK", "-v", f"/pg_wal/{SEGMENT}"]),
+        ("wal-fetch", ["--socket", "SOCK", SEGMENT]),
+        ("wal-fetch", ["--socket", "SOCK"]),
+    ],
+)
+def test_unusual_arguments_go_to_the_full_cli_untouched(
+    agent: FakeAgent, direct: list[tuple[str, list[str]]], command: str, argv: list[str]
+) -> None:
+    argv = [sock(agent) if word == "SOCK" else word for word in argv]
+    assert client.run(command, argv) == 7
+    assert direct == [(command, argv)]
+    assert agent.requests == []
+
+
+# --- the real process -----------------------------------------------------------------
+
+
+def test_the_client_module_imports_nothing_heavy() -> None:
+    code = (
+        "import pgwarden.wal.client, sys; "
+        "print(sorted(m for m in sys.modules if m.startswith('pgwarden'))); "
+        "print(sorted(m for m in ('click', 'pydantic', 'boto3', 'botocore', 'zstandard', "
+        "'cryptography', 'yaml', 'structlog') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.splitlines()
+    assert out == ["['pgwarden', 'pgwarden.wal', 'pgwarden.wal.client']", "[]"]
+
+
+def test_the_pgwarden_program_pushes_through_the_agent(agent: FakeAgent, tmp_path: Path) -> None:
+    wal = tmp_path / SEGMENT
+    wal.write_bytes(b"wal")
+    result = subprocess.run(
+        [sys.executable, "-m", "pgwarden", "wal-push", "--socket", sock(agent), str(wal)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert agent.requests == [{"op": "push", "path": str(wal)}]
+
+
+def test_the_pgwarden_program_reports_a_missing_segment_with_exit_1(agent: FakeAgent) -> None:
+    agent.answer(status="missing")
+    result = subprocess.run(
+        [sys.executable, "-m", "pgwarden", "wal-fetch", "--socket", sock(agent), SEGMENT, "/x/Y"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", "")
