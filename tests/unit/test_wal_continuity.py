@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -68,7 +67,7 @@ def test_backfill_follows_only_the_path_to_the_new_timeline() -> None:
 
 
 def test_backfill_on_the_first_timeline_has_nothing_to_take() -> None:
-    assert backfill(segs(1, range(0, 5)), (), 1, S) == []
+    assert backfill(segs(1, range(5)), (), 1, S) == []
 
 
 def test_backfill_with_one_mib_segments_across_an_xlogid_boundary() -> None:
@@ -166,39 +165,21 @@ def test_segments_of_other_branches_are_not_on_the_path() -> None:
 
 
 def test_without_a_history_file_only_the_newest_timeline_is_checked() -> None:
-    stored = [*segs(1, range(0, 4)), seg(2, 4), seg(2, 6)]
+    stored = [*segs(1, range(4)), seg(2, 4), seg(2, 6)]
     result = archive_gaps(stored, (), 2, None, S)
     assert result.path == ((2, 0, None),)
     assert result.gaps == (seg(2, 5),)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: continuity.archive_gaps takes `end` (and `last`) from every stored segment of a "
-        "timeline on the path, including old-timeline segments past that timeline's switch "
-        "(archived by the old primary after an asynchronous failover); it then reports the "
-        "new timeline's not-yet-written segments as gaps"
-    ),
-)
 def test_old_timeline_segments_past_the_switch_do_not_make_false_gaps() -> None:
     # The old primary archived timeline 1 up to segment 9 before it died; the replica had
     # received WAL only into segment 5 and was promoted there. Timeline 2 has reached 7.
-    stored = [*segs(1, range(0, 10)), *segs(2, range(5, 8))]
+    stored = [*segs(1, range(10)), *segs(2, range(5, 8))]
     result = archive_gaps(stored, MID_5, 2, None, S)
     assert result.gaps == ()
     assert result.last == seg(2, 7)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: continuity.archive_gaps with start=None picks the oldest stored segment of any "
-        "path timeline as the start; when that is an old-timeline segment past its switch, "
-        "continuity_gaps raises ValueError ('is past the end of timeline 1') out of "
-        "`pgwarden check`"
-    ),
-)
 def test_a_start_from_the_oldest_segment_ignores_old_timeline_segments_past_the_switch() -> None:
     # Only the old primary's diverged timeline-1 segment 7 survives from before timeline 2.
     stored = [seg(1, 7), *segs(2, range(8, 10))]

@@ -84,6 +84,7 @@ class Archiver:
         self._stored: OrderedDict[str, None] = OrderedDict()
         self._inflight: dict[str, Future[bool]] = {}
         self._started: dict[str, float] = {}  # in-flight name -> monotonic start
+        self._conflicts: set[str] = set()
         self._retry_at: dict[str, float] = {}
         self._retry_delay: dict[str, float] = {}
         self._pending: dict[str, float] = {}  # ready name -> when we first saw it
@@ -98,7 +99,8 @@ class Archiver:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        # Not waiting: an upload hanging on unreachable storage must not hold up shutdown.
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -160,7 +162,7 @@ class Archiver:
         while not self._stop.is_set():
             try:
                 self._scan()
-                self._check_stalled()
+                self._check_health()
             except OSError as exc:  # pg_wal not there yet (a replica being created)
                 log.debug("archiver.scan_failed", reason=str(exc))
             self._stop.wait(POLL_INTERVAL)
@@ -177,6 +179,8 @@ class Archiver:
             for name in list(self._pending):
                 if name not in ready:
                     del self._pending[name]  # PostgreSQL archived it (marked .done)
+                    self._retry_at.pop(name, None)
+                    self._retry_delay.pop(name, None)
             for name in sorted(ready, key=_upload_order):
                 self._pending.setdefault(name, wall)
                 if name in self._stored or name in self._inflight:
@@ -193,21 +197,26 @@ class Archiver:
         self._started[name] = time.monotonic()
         return future
 
-    def _check_stalled(self) -> None:
+    def _check_health(self) -> None:
+        """Declare an outage on a stalled upload, and its end once nothing fails or hangs."""
         now = time.monotonic()
         with self._lock:
             stalled = [n for n, t in self._started.items() if now - t > STALLED_AFTER]
-            first = bool(stalled) and self.status.failing_since is None
+            status = self.status
+            first = bool(stalled) and status.failing_since is None
             if first:
-                self.status.failing_since = time.time()
-                self.status.last_failure = (
-                    f"uploading {stalled[0]} has taken over {STALLED_AFTER:g} s"
-                )
-                self.status.last_failure_at = time.time()
+                status.failing_since = time.time()
+                status.last_failure = f"uploading {stalled[0]} has taken over {STALLED_AFTER:g} s"
+                status.last_failure_at = time.time()
+            recovered = status.failing_since is not None and not stalled and not self._retry_at
+            if recovered:
+                status.failing_since = None
         if first:
-            reason = self.status.last_failure
-            log.error("wal.archive_stalled", name=stalled[0], reason=reason)
-            self.event("archive_failing", {"name": stalled[0], "reason": reason})
+            log.error("wal.archive_stalled", name=stalled[0], reason=status.last_failure)
+            self.event("archive_failing", {"name": stalled[0], "reason": status.last_failure})
+        if recovered:
+            log.info("wal.archive_recovered", last_archived=status.last_archived)
+            self.event("archive_recovered", {"last_archived": status.last_archived})
 
     def _upload(self, name: str, path: Path) -> bool:
         started = time.monotonic()
@@ -228,13 +237,13 @@ class Archiver:
                 self._started.pop(name, None)
 
     def _succeeded(self, name: str, started: float, stored_now: bool) -> None:
-        recovered = False
         with self._lock:
             self._stored[name] = None
             while len(self._stored) > REMEMBERED:
                 self._stored.popitem(last=False)
             self._retry_at.pop(name, None)
             self._retry_delay.pop(name, None)
+            self._started.pop(name, None)
             status = self.status
             if kind_of(name) in ("segment", "partial") and (
                 status.last_archived is None or name > status.last_archived
@@ -242,18 +251,8 @@ class Archiver:
                 status.last_archived = name
             status.last_archived_at = time.time()
             status.archived_count += 1
-            if (
-                status.failing_since is not None
-                and not self._retry_at
-                and not any(time.monotonic() - t > STALLED_AFTER for t in self._started.values())
-            ):
-                recovered = True
-                status.failing_since = None
         log.debug("wal.archived", name=name, stored_now=stored_now,
                   seconds=round(time.monotonic() - started, 3))  # fmt: skip
-        if recovered:
-            log.info("wal.archive_recovered", name=name)
-            self.event("archive_recovered", {"name": name})
 
     def _failed(self, name: str, reason: str, *, conflict: bool) -> None:
         first = False
@@ -269,7 +268,8 @@ class Archiver:
                 status.failing_since = time.time()
                 first = True
         log.error("wal.archive_failed", name=name, reason=reason)
-        if conflict:
+        if conflict and name not in self._conflicts:
+            self._conflicts.add(name)
             self.event("archive_conflict", {"name": name, "reason": reason})
         elif first:
             self.event("archive_failing", {"name": name, "reason": reason})

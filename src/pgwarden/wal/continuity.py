@@ -24,6 +24,8 @@ from pgwarden.wal.names import (
     parse_segment_name,
     segment_name,
     segment_number,
+    segment_on_path,
+    segment_start_lsn,
     timeline_switches,
 )
 
@@ -65,19 +67,24 @@ def archive_gaps(
     oldest backup's first segment; None: from the oldest archived segment on the path) up
     to the newest archived segment on the path."""
     path = timeline_switches(history, newest_timeline) if history else [(newest_timeline, 0, None)]
-    on_path = {tl for tl, _, _ in path}
     names = [n for n in stored if kind_of(n) == "segment"]
-    positions = [parse_segment_name(n, segment_size) for n in names]
-    mine = [(tl, segno) for tl, segno in positions if tl in on_path]
+    # Only segments recovery along the path reads count: an old timeline's segments past
+    # its switch (archived by an old primary that ran on) are another history.
+    mine = []
+    for name in names:
+        timeline, segno = parse_segment_name(name, segment_size)
+        owner, _ = segment_on_path(path, segment_start_lsn(segno, segment_size), segment_size)
+        if owner == timeline:
+            mine.append((timeline, segno))
     if not mine:
         return Continuity(tuple(path), None, None, 0, ())
     if start is None:
-        start = min(mine, key=lambda p: (p[1], p[0]))
+        start = min(mine, key=lambda p: p[1])
     end = max(segno for _, segno in mine)
     if end < start[1]:
         return Continuity(tuple(path), None, None, 0, ())
     gaps = continuity_gaps(names, start, end, path, segment_size)
     first = segment_name(start[0], start[1], segment_size)
-    newest_tl = max(tl for tl, segno in mine if segno == end)
+    newest_tl = next(tl for tl, segno in mine if segno == end)
     last = segment_name(newest_tl, end, segment_size)
     return Continuity(tuple(path), first, last, end - start[1] + 1, tuple(gaps))

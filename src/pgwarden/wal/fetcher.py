@@ -59,16 +59,17 @@ class Fetcher:
     def fetch(self, name: str, dest: Path) -> bool:
         """Put archived `name` at `dest`; False if it is not archived."""
         kind = kind_of(name)
+        found = self._get(name)
+        if not found:
+            return False  # no prefetching past the end of the archive
         if kind == "history":
             with self._lock:
                 self._timelines.add(parse_history_file_name(name))
-        found = self._get(name)
-        if found:
-            self._hand_over(name, dest)
-            self.served += 1
+        self._hand_over(name, dest)
+        self.served += 1
         if kind == "segment":
             self._prefetch_after(name)
-        return found
+        return True
 
     def _spooled(self, name: str) -> Path:
         return self.spool / name
