@@ -5,7 +5,10 @@ own tests at the end."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from backup_support import Archived, accounts_digest, owned_directory
 from pgwarden.codec import Key
 from pgwarden.lab import Lab
 from pgwarden.lab.archiving import s3_storage
+from pgwarden.lab.net import free_port
 from pgwarden.retry import poll_until
 
 pytestmark = pytest.mark.integration
@@ -301,3 +305,62 @@ def test_a_backup_to_s3_restores(archived_s3: Archived) -> None:
     assert archived.query(member, "SELECT answer FROM after_backup") == [(7,)]
     restored = json.loads(archived.pgw("backup", "list", "-o", "json").stdout)
     assert len(restored) == 1
+
+
+@pytest.fixture
+def strict_s3() -> Iterator[str]:
+    """A second S3 endpoint that checks credentials (moto with authentication on), which
+    knows no access key at all: every request is refused as S3 refuses unknown keys."""
+    port = free_port("127.0.0.1")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=os.environ | {"INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        poll_until(lambda: _accepts("127.0.0.1", port), 15.0)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _accepts(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex((host, port)) == 0
+
+
+def test_wrong_credentials_are_one_sentence(archived: Archived, strict_s3: str) -> None:
+    credentials = archived.directory / "wrong-credentials"
+    credentials.write_text("[default]\naws_access_key_id = nobody\naws_secret_access_key = x\n")
+    credentials.chmod(0o600)
+    archived.storage = {
+        "type": "s3", "bucket": "pgwarden", "endpoint_url": strict_s3, "region": "us-east-1",
+        "credentials_file": str(credentials), "force_path_style": True,
+    }  # fmt: skip
+    config = archived.write_config("strict.yml")
+    for args in (("backup", "list"), ("backup", "create")):
+        done = archived.pgw(*args, config=config)
+        assert done.returncode == 1
+        sentence = done.stderr.strip().splitlines()[-1]
+        assert sentence.startswith("error: ") and sentence.count(". ") == 0
+        assert f"{strict_s3} refused the S3 credentials (InvalidAccessKeyId)" in sentence
+
+
+def test_retention_expires_old_backups_and_the_wal_only_they_needed(archived: Archived) -> None:
+    config = archived.write_config("keep-one.yml", retention={"full_count": 1})
+    archived.pgbench_init(1)
+    first = archived.json("backup", "create", config=config)
+    archived.archive_current_wal()
+    second = archived.json("backup", "create", config=config)
+    assert second["expired"] == [first["id"]]
+    assert [b["id"] for b in archived.json("backup", "list")] == [second["id"]]
+    assert not stored_objects(archived, first["id"])
+    wal = Path(archived.storage["directory"]) / "lab" / "wal" / "00000001"
+    oldest = min(p.name for p in wal.iterdir() if not p.name.startswith("."))
+    assert oldest <= second["wal"].split("..")[0]  # what the kept backup needs is there
+    assert oldest > first["wal"].split("..")[1]  # what only the expired one needed is gone
+    assert archived.pgw("check").returncode == 0
+    dry = archived.json("backup", "expire", "--dry-run", config=config)
+    assert dry["backups"] == [] and dry["keep"] == [second["id"]]

@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import psycopg
 
 from pgwarden.backup.catalog import Catalog
 from pgwarden.backup.manifest import BackupKind, FileEntry, Manifest, backup_id
+from pgwarden.backup.parallel import run_all
 from pgwarden.backup.scan import ScannedFile, scan
 from pgwarden.backup.upload import Counters, Encoding, FileResult, Uploader, plan_bundles
 from pgwarden.errors import PgwardenError
@@ -279,29 +280,21 @@ class BackupRun:
         )
         return manifest
 
-    def _upload(self, uploader: Uploader, files: tuple[Any, ...]) -> list[FileResult]:
+    def _upload(self, uploader: Uploader, files: tuple[ScannedFile, ...]) -> list[FileResult]:
         large, bundles = plan_bundles(list(files))
         total = sum(f.size for f in files)
-        results: list[FileResult] = []
-        with ThreadPoolExecutor(max_workers=max(1, self.request.jobs)) as pool:
-            futures: list[Future[list[FileResult]]] = [
-                pool.submit(_as_list, uploader.upload_file, f, n) for n, f in enumerate(large)
-            ]
-            futures += [pool.submit(uploader.upload_bundle, b, n) for n, b in enumerate(bundles)]
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-                if self.progress is not None:
-                    self.progress(self.counters, total)
-                failed = next((f for f in done if f.exception() is not None), None)
-                if failed is not None:
-                    uploader.cancelled.set()
-                    for future in pending:
-                        future.cancel()
-                    raise failed.exception()  # type: ignore[misc]
-                for future in done:
-                    results.extend(future.result())
-        return results
+        tasks: list[Callable[[], list[FileResult]]] = [
+            partial(_as_list, uploader.upload_file, f, n) for n, f in enumerate(large)
+        ]
+        tasks += [partial(uploader.upload_bundle, b, n) for n, b in enumerate(bundles)]
+        progress = self.progress
+        done = run_all(
+            self.request.jobs,
+            tasks,
+            tick=None if progress is None else lambda: progress(self.counters, total),
+            on_failure=uploader.cancelled.set,
+        )
+        return [result for results in done for result in results]
 
 
 def _as_list(

@@ -18,12 +18,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from pgwarden.backup.manifest import FileEntry, Manifest
 from pgwarden.backup.objects import ObjectDamaged, bundle, whole
+from pgwarden.backup.parallel import run_all
 from pgwarden.backup.upload import READ_SIZE, Counters
 from pgwarden.codec import Key
 from pgwarden.errors import PgwardenError
@@ -201,23 +202,16 @@ class RestoreRun:
         return removed
 
     def _download(self) -> None:
-        objects = self.manifest.objects()
         total = sum(entry.size for entry in self.manifest.files)
-        with ThreadPoolExecutor(max_workers=max(1, self.request.jobs)) as pool:
-            futures: list[Future[None]] = [
-                pool.submit(self._restore_object, entries) for entries in objects.values()
-            ]
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-                if self.progress is not None:
-                    self.progress(self.counters, total)
-                failed = next((f for f in done if f.exception() is not None), None)
-                if failed is not None:
-                    for future in pending:
-                        future.cancel()
-                    wait(pending)
-                    raise failed.exception()  # type: ignore[misc]
+        progress = self.progress
+        run_all(
+            self.request.jobs,
+            [
+                partial(self._restore_object, entries)
+                for entries in self.manifest.objects().values()
+            ],
+            tick=None if progress is None else lambda: progress(self.counters, total),
+        )
 
     def _restore_object(self, entries: list[FileEntry]) -> None:
         target = self.request.target_dir

@@ -35,11 +35,14 @@ def member_config(
     *,
     key_file: Path | None = None,
     compression: dict[str, Any] | None = None,
+    retention: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The pgwarden configuration of lab member `name` as a mapping."""
     member = lab.member(name)
     creds = lab.credentials
     backup: dict[str, Any] = {"schedule": None}
+    if retention is not None:
+        backup["retention"] = retention
     if key_file is not None:
         backup["encryption_key_file"] = str(key_file)
     if compression is not None:
