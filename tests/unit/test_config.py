@@ -383,6 +383,7 @@ def test_settings_model_matches_the_documented_sections() -> None:
         "api",
         "storage",
         "backup",
+        "wal",
         "drill",
     ]
 
