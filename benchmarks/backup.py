@@ -14,10 +14,13 @@ archive_command switched to `pgwarden wal-push` into that target:
    the WAL this made (timed apart, as `archive_catchup_s`), then an incremental backup:
    `pgwarden backup create --type incr -c CONF -j J -o json`.
 
-Times are the wall time of the CLI process, interpreter start included; the in-process
-figures the commands print (`duration_s` of a backup, `seconds` of a restore) are under
-`details`. MB = 10^6 bytes; `*_mb_s` = the database's size (`db_bytes`, what the full
-backup read) / seconds. Compression and the rest are the configuration's defaults.
+Each CLI call starts after `sync` (untimed), so that no earlier step's writeback
+(pgbench's data, the lab's unsynced `cp` archive) competes with its own fsyncs. Times are
+the wall time of the CLI process, interpreter start included; the in-process figures the
+commands print (`duration_s` of a backup, `seconds` of a restore) are under `details`.
+MB = 10^6 bytes; `*_mb_s` = the database's size (`db_bytes`, what the full backup read)
+/ seconds. Compression and the rest are the configuration's defaults. The 1-minute load
+average before and after is recorded: other work on the machine shows there.
 
 Everything is cleaned up: restored directories at once, the S3 prefix when its target is
 done, the lab (with the fs store in it) at the end, also after an error or a signal.
@@ -186,6 +189,9 @@ class Run:
                 "--subprocesses", "--threads", "-o", str(self.profile / f"{step}.svg"), "--",
                 *argv,
             ]  # fmt: skip
+        # Start with nothing dirty in the page cache: the lab's `cp` archiver does not fsync,
+        # and writeback of pgbench's ~2 GB would otherwise slow the first steps' fsyncs.
+        os.sync()
         started = time.perf_counter()
         done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
         seconds = time.perf_counter() - started
@@ -335,6 +341,7 @@ def main() -> int:
         "jobs": args.jobs,
         "cpus": os.cpu_count(),
         "profiled": args.profile is not None,
+        "load_average_1m": [round(os.getloadavg()[0], 2)],
         "pgbench_init_s": None,
         "pg_database_size_bytes": None,
         "targets": {},
@@ -360,6 +367,7 @@ def main() -> int:
             run.teardown(result["errors"])
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    result["load_average_1m"].append(round(os.getloadavg()[0], 2))
     result["wall_s"] = round(time.monotonic() - started, 1)
     emit(result, args.json)
     if interrupted:

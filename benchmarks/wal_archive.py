@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,8 @@ def run(seconds: int, scale: int, direct_sample: int) -> dict[str, Any]:
             if n in watcher.done_at
         ]
         archived = sorted(watcher.done_at)
+        with urllib.request.urlopen(lab.agent_url(primary) + "/status", timeout=5) as answer:
+            wal_status = json.load(answer).get("wal") or {}
         config = lab.agent_config_path(primary)
         socket = str(data_dir.with_name(data_dir.name + ".wal.sock"))
         with tempfile.TemporaryDirectory() as scratch:
@@ -159,6 +162,7 @@ def run(seconds: int, scale: int, direct_sample: int) -> dict[str, Any]:
             "push_latency_ms_p99": round(percentile(latencies, 0.99), 1) if latencies else None,
             "push_latency_ms_max": round(max(latencies), 1) if latencies else None,
             "max_ready_backlog": watcher.max_ready,
+            "precompressed": wal_status.get("precompressed"),
             "fetch_segments_per_s": round(through_agent, 1),
             "fetch_call_ms_p50": round(agent_call_ms, 1),
             "fetch_direct_segments_per_s": round(direct, 1),

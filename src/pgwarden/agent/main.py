@@ -358,6 +358,8 @@ class Agent:
             "in_recovery": seen.in_recovery if seen else None,
             "timeline": seen.timeline if seen else None,
             "wal_position": str(position) if position is not None else None,
+            "backup": None if self.backups is None else self.backups.status(),
+            "wal": None if self.wal is None else self.wal.snapshot(),
         }
 
     def cluster(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pgwarden.wal.archiver import Archiver
 from pgwarden.wal.continuity import backfill
 from pgwarden.wal.fetcher import Fetcher
 from pgwarden.wal.names import DEFAULT_SEGMENT_SIZE, history_file_name, parse_history
+from pgwarden.wal.precompress import Precompressor
 
 if TYPE_CHECKING:
     from pgwarden.config import Settings
@@ -40,8 +41,16 @@ class WalService:
         self._segment_size: int | None = None
         data_dir = instance.spec.data_dir
         pg_wal = data_dir / "pg_wal"
+        wal = context.wal
+        ahead = Precompressor(
+            pg_wal, self.segment_size, compression=wal.compression, level=wal.level, key=wal.key
+        )
         self.archiver = Archiver(
-            context.wal, pg_wal, event=event, max_backlog_bytes=settings.wal.max_backlog_bytes
+            wal,
+            pg_wal,
+            event=event,
+            max_backlog_bytes=settings.wal.max_backlog_bytes,
+            precompress=ahead,
         )
         self.fetcher = Fetcher(
             context.wal,
@@ -105,4 +114,11 @@ class WalService:
         self.fetcher.stop()
 
     def snapshot(self) -> dict[str, Any]:
-        return {"archive": self.archiver.snapshot(), "fetch": self.fetcher.snapshot()}
+        ahead = self.archiver.precompress
+        return {
+            "archive": self.archiver.snapshot(),
+            "precompressed": None
+            if ahead is None
+            else {"used": ahead.hits, "redone": ahead.misses},
+            "fetch": self.fetcher.snapshot(),
+        }

@@ -47,7 +47,6 @@ class WalArchive:
 
     def push(self, path: Path) -> bool:
         """Archive the file at `path`; True if stored now, False if already there identical."""
-        key = self.object_key(path.name)
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -55,13 +54,18 @@ class WalArchive:
         encoded, digest = encode_bytes(
             data, compression=self.compression, level=self.level, key=self.key
         )
+        return self.store_encoded(path.name, encoded, digest.sha256)
+
+    def store_encoded(self, name: str, encoded: bytes, sha256: str) -> bool:
+        """Store an already encoded WAL file, never overwriting; see `push`."""
+        key = self.object_key(name)
         try:
-            self.store.put(key, encoded, {"sha256": digest.sha256}, if_absent=True)
+            self.store.put(key, encoded, {"sha256": sha256}, if_absent=True)
         except ObjectExists:
-            if self._stored_sha256(key) == digest.sha256:
+            if self._stored_sha256(key) == sha256:
                 return False
             raise ArchiveConflictError(
-                f"{path.name} is already archived as {key} with different content; "
+                f"{name} is already archived as {key} with different content; "
                 "the archived file was kept and this push refused"
             ) from None
         return True

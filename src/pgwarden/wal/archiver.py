@@ -24,6 +24,7 @@ from pgwarden.errors import PgwardenError
 from pgwarden.logs import get_logger
 from pgwarden.wal.archive import ArchiveConflictError, WalArchive
 from pgwarden.wal.names import kind_of
+from pgwarden.wal.precompress import Precompressor
 
 log = get_logger("wal.archiver")
 
@@ -71,8 +72,10 @@ class Archiver:
         workers: int = 2,
         event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None,
         max_backlog_bytes: int | None = None,
+        precompress: Precompressor | None = None,
     ) -> None:
         self.archive = archive
+        self.precompress = precompress
         self.max_backlog_bytes = max_backlog_bytes
         self.dropped: list[str] = []
         self.pg_wal = pg_wal
@@ -168,11 +171,10 @@ class Archiver:
             self._stop.wait(POLL_INTERVAL)
 
     def _scan(self) -> None:
-        ready = {
-            entry.name[: -len(".ready")]
-            for entry in self.status_dir.iterdir()
-            if entry.name.endswith(".ready")
-        }
+        markers = [entry.name for entry in self.status_dir.iterdir()]
+        ready = {name[: -len(".ready")] for name in markers if name.endswith(".ready")}
+        if self.precompress is not None:
+            self._follow(markers, ready)
         now = time.monotonic()
         wall = time.time()
         with self._lock:
@@ -190,6 +192,19 @@ class Archiver:
                 if kind_of(name) == "unknown":
                     continue
                 self._submit_locked(name, self.pg_wal / name)
+
+    def _follow(self, markers: list[str], ready: set[str]) -> None:
+        """Feed the segment(s) after the newest complete one to the precompressor."""
+        assert self.precompress is not None
+        marked = {name.rsplit(".", 1)[0] for name in markers}
+        newest = max((n for n in marked if kind_of(n) == "segment"), default="")
+        following = sorted(
+            entry.name
+            for entry in self.pg_wal.iterdir()
+            if entry.name > newest and entry.name not in marked and kind_of(entry.name) == "segment"
+        )[:2]
+        self.precompress.follow(following)
+        self.precompress.forget(set(following) | ready)
 
     def _submit_locked(self, name: str, path: Path) -> Future[bool]:
         future = self._pool.submit(self._upload, name, path)
@@ -221,7 +236,11 @@ class Archiver:
     def _upload(self, name: str, path: Path) -> bool:
         started = time.monotonic()
         try:
-            stored_now = self.archive.push(path)
+            ahead = self.precompress.finish(path) if self.precompress is not None else None
+            if ahead is not None:
+                stored_now = self.archive.store_encoded(name, *ahead)
+            else:
+                stored_now = self.archive.push(path)
         except ArchiveConflictError as exc:
             self._failed(name, str(exc), conflict=True)
             raise

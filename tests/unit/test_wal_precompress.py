@@ -1,0 +1,105 @@
+"""Compressing a WAL segment while it is written: only complete pages are fed ahead, and
+the result is used only when it matches the finished file byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from pgwarden.codec import Key, decode_bytes
+from pgwarden.wal.precompress import PAGE, Precompressor
+
+SEGMENT = 1024 * 1024  # the smallest segment size PostgreSQL allows
+NAME = "000000010000000000000002"  # starts at LSN 2 MiB with 1 MiB segments
+START = 2 * SEGMENT
+
+
+def page(address: int, body: bytes | None = None) -> bytes:
+    header = struct.pack("<HHIQ", 0xD110, 0, 1, address)
+    filler = body if body is not None else os.urandom(PAGE - len(header))
+    return header + filler[: PAGE - len(header)]
+
+
+@pytest.fixture
+def segment(tmp_path: Path) -> Path:
+    """A recycled segment: every page names a position of an older segment."""
+    path = tmp_path / NAME
+    path.write_bytes(b"".join(page(0x10000 + i * PAGE) for i in range(SEGMENT // PAGE)))
+    return path
+
+
+def write_pages(path: Path, first: int, count: int) -> None:
+    with path.open("r+b") as out:
+        for index in range(first, first + count):
+            out.seek(index * PAGE)
+            out.write(page(START + index * PAGE))
+
+
+def ahead(path: Path, key: Key | None = None) -> Precompressor:
+    return Precompressor(path.parent, lambda: SEGMENT, compression="zstd", level=1, key=key)
+
+
+def test_a_recycled_segment_is_never_taken_for_new_wal(segment: Path) -> None:
+    worker = ahead(segment)
+    worker.follow([NAME])
+    assert worker.finish(segment) is None  # nothing was fed, so nothing to finish
+
+
+@pytest.mark.parametrize("key", [None, Key.generate()])
+def test_pages_fed_ahead_give_the_same_object_as_the_whole_file(
+    segment: Path, key: Key | None
+) -> None:
+    worker = ahead(segment, key)
+    write_pages(segment, 0, 10)
+    worker.follow([NAME])
+    write_pages(segment, 10, 50)
+    worker.follow([NAME])
+    write_pages(segment, 60, SEGMENT // PAGE - 60)  # the segment is complete
+    result = worker.finish(segment)
+    assert result is not None
+    encoded, sha256 = result
+    data = segment.read_bytes()
+    assert sha256 == hashlib.sha256(data).hexdigest()
+    assert decode_bytes(encoded, keys=key, expected_sha256=sha256) == data
+    assert (worker.hits, worker.misses) == (1, 0)
+
+
+def test_the_page_still_filling_is_not_fed(segment: Path) -> None:
+    worker = ahead(segment)
+    write_pages(segment, 0, 3)
+    worker.follow([NAME])
+    # Pages 0 and 1 are complete (a valid page follows each); page 2 may still change.
+    with segment.open("r+b") as out:
+        out.seek(2 * PAGE)
+        out.write(page(START + 2 * PAGE, b"\x01" * PAGE))
+    write_pages(segment, 3, SEGMENT // PAGE - 3)
+    with segment.open("r+b") as out:  # page 2 as finally written
+        out.seek(2 * PAGE)
+        out.write(page(START + 2 * PAGE, b"\x02" * PAGE))
+    result = worker.finish(segment)
+    assert result is not None
+    assert decode_bytes(result[0], keys=None) == segment.read_bytes()
+
+
+def test_a_page_changed_after_it_was_fed_falls_back_to_the_whole_file(segment: Path) -> None:
+    worker = ahead(segment)
+    write_pages(segment, 0, 20)
+    worker.follow([NAME])
+    write_pages(segment, 20, SEGMENT // PAGE - 20)
+    with segment.open("r+b") as out:  # a crash and recovery rewrote page 5
+        out.seek(5 * PAGE + 100)
+        out.write(b"rewritten")
+    assert worker.finish(segment) is None
+    assert (worker.hits, worker.misses) == (0, 1)
+
+
+def test_forgotten_segments_are_dropped(segment: Path) -> None:
+    worker = ahead(segment)
+    write_pages(segment, 0, 20)
+    worker.follow([NAME])
+    worker.forget(set())
+    assert worker.finish(segment) is None
