@@ -10,6 +10,7 @@ through pg_rewind, and a checker shows no acknowledged write was lost.
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -123,10 +124,22 @@ def failover(cluster: HaCluster, old: str) -> None:
         raise LabError("the checker found lost writes or two primaries")
 
 
+def pgwarden(lab: Lab, member: str, *args: str) -> None:
+    """Run a pgwarden command with `member`'s configuration and show what it prints."""
+    argv = [sys.executable, "-m", "pgwarden", *args, "-c", str(lab.agent_config_path(member))]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    click.echo((done.stdout + done.stderr).rstrip())
+    if done.returncode != 0:
+        raise LabError(f"pgwarden {' '.join(args)} failed")
+
+
 def run_demo(directory: Path) -> None:
     step(f"lab up in {directory}: ZooKeeper, S3, three pgwarden agents (synchronous mode)")
     started = time.monotonic()
-    spec = LabSpec(zookeeper_nodes=1, s3=True, postgres_nodes=3, agents=True, synchronous_mode="on")
+    spec = LabSpec(
+        zookeeper_nodes=1, s3=True, postgres_nodes=3, agents=True, synchronous_mode="on",
+        agent_storage="s3",
+    )  # fmt: skip
     lab = Lab.create(directory, spec)
     try:
         cluster = HaCluster(lab)
@@ -137,7 +150,11 @@ def run_demo(directory: Path) -> None:
         step("pgwarden list")
         show_members(lab)
         replicate_rows(lab, primary)
+        step(f"pgwarden backup create on {primary} (to the lab's S3 endpoint; WAL is archived)")
+        pgwarden(lab, primary, "backup", "create")
         failover(cluster, primary)
+        step("pgwarden check: the archive holds every WAL segment across the failover")
+        pgwarden(lab, cluster.wait_converged(), "check")
     finally:
         step("lab down")
         lab.down()
