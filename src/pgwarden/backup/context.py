@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pgwarden.backup.catalog import Catalog
-from pgwarden.backup.upload import Encoding
 from pgwarden.codec import Key, load_key
 from pgwarden.storage import ObjectStore, open_store
 from pgwarden.storage.layout import Layout
@@ -18,6 +17,15 @@ if TYPE_CHECKING:
 # WAL is compressed fast: a push must keep up with PostgreSQL, and WAL compresses well
 # even at level 1 (see docs/codec.md).
 WAL_LEVEL = 1
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How objects are encoded: compression, its level, the encryption key."""
+
+    compression: str
+    level: int
+    key: Key | None
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,17 @@ from typing import Any
 import psycopg
 
 from pgwarden.backup.catalog import Catalog
+from pgwarden.backup.context import Encoding
 from pgwarden.backup.manifest import BackupKind, FileEntry, Manifest, backup_id
 from pgwarden.backup.parallel import run_all
 from pgwarden.backup.scan import ScannedFile, scan
-from pgwarden.backup.upload import Counters, Encoding, FileResult, Uploader, plan_bundles
+from pgwarden.backup.upload import Counters, FileResult, Uploader, plan_bundles
 from pgwarden.errors import PgwardenError
 from pgwarden.logs import get_logger
 from pgwarden.postgres.conf import InstanceSpec
 from pgwarden.postgres.sql import connect
 from pgwarden.storage import StorageError
+from pgwarden.wal.archive import ArchiveConflictError, ArchiveError, WalArchive
 from pgwarden.wal.names import segment_name, segment_number
 
 log = get_logger("backup")
@@ -113,17 +115,39 @@ def _switch_wal_on_primary(conn: psycopg.Connection[Any], spec: InstanceSpec) ->
         log.warning("backup.switch_wal_failed", reason=str(exc).strip())
 
 
-def _wait_for_archive(
-    catalog: Catalog, timeline: int, first: int, last: int, segment_size: int, timeout: float
+def _archive_needed_wal(
+    catalog: Catalog,
+    archive: WalArchive | None,
+    pg_wal: Path,
+    timeline: int,
+    first: int,
+    last: int,
+    segment_size: int,
+    timeout: float,
 ) -> None:
+    """Make sure the WAL the backup needs is archived. On a primary (`archive` given),
+    pg_backup_stop has just completed the last segment: push what the archive lacks
+    straight from pg_wal rather than wait for archive_command (a push racing the archiver
+    is harmless: identical content is accepted). Otherwise wait for the archiver."""
     missing = [segment_name(timeline, n, segment_size) for n in range(first, last + 1)]
     deadline = time.monotonic() + timeout
     while True:
-        missing = [
-            name
-            for name in missing
-            if not catalog.store.exists(catalog.layout.wal_segment(timeline, name))
-        ]
+        left = []
+        for name in missing:
+            if catalog.store.exists(catalog.layout.wal_segment(timeline, name)):
+                continue
+            if archive is not None and (pg_wal / name).is_file():
+                try:
+                    archive.push(pg_wal / name)
+                except ArchiveConflictError:
+                    raise
+                except ArchiveError:
+                    if (pg_wal / name).exists():
+                        raise
+                else:
+                    continue  # else: archived and recycled meanwhile; the store has it
+            left.append(name)
+        missing = left
         if not missing:
             return
         if time.monotonic() >= deadline:
@@ -131,7 +155,7 @@ def _wait_for_archive(
                 f"WAL segment {missing[0]} that the backup needs did not reach the archive "
                 f"within {timeout:g} s; is archive_command set to 'pgwarden wal-push %p'?"
             )
-        time.sleep(0.25)
+        time.sleep(0.05)
 
 
 class BackupRun:
@@ -147,7 +171,9 @@ class BackupRun:
         request: BackupRequest,
         progress: Progress | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        wal: WalArchive | None = None,
     ) -> None:
+        self.wal = wal
         self.cluster = cluster
         self.spec = spec
         self.catalog = catalog
@@ -234,8 +260,15 @@ class BackupRun:
         last = segment_number(max(stop_lsn - 1, start_lsn), server.segment_size)
         if server.in_recovery:
             _switch_wal_on_primary(conn, self.spec)
-        _wait_for_archive(
-            self.catalog, timeline, first, last, server.segment_size, self.request.archive_timeout
+        _archive_needed_wal(
+            self.catalog,
+            None if server.in_recovery else self.wal,
+            self.spec.data_dir / "pg_wal",
+            timeline,
+            first,
+            last,
+            server.segment_size,
+            self.request.archive_timeout,
         )
         entries = sorted((r.entry for r in results if r.entry is not None), key=lambda e: e.path)
         bad = {r.entry.path: r.bad_blocks for r in results if r.bad_blocks and r.entry}

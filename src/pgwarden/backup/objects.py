@@ -6,7 +6,7 @@ Shared by restore and verify. Every failure is an `ObjectDamaged` naming the obj
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from pgwarden.backup.manifest import FileEntry
 from pgwarden.codec import CodecError, Key, decode, decode_bytes
@@ -26,14 +26,28 @@ class ObjectDamaged(PgwardenError):  # noqa: N818 - named after what the caller 
         super().__init__(f"object {key}{of} is damaged: {reason}")
 
 
-def whole(store: ObjectStore, layout: Layout, entry: FileEntry, key: Key | None) -> Iterator[bytes]:
+def _counting(chunks: Iterable[bytes], counted: Callable[[int], None] | None) -> Iterator[bytes]:
+    for chunk in chunks:
+        if counted is not None:
+            counted(len(chunk))
+        yield chunk
+
+
+def whole(
+    store: ObjectStore,
+    layout: Layout,
+    entry: FileEntry,
+    key: Key | None,
+    counted: Callable[[int], None] | None = None,
+) -> Iterator[bytes]:
     """The plaintext of a file stored as its own object, checked against its SHA-256.
 
     The last piece is yielded only after the whole object checked out, so a consumer that
     renames its output after the loop never keeps damaged data."""
     name = layout.backup_object(entry.object)
     try:
-        stream = decode(store.get_stream(name), keys=key, expected_sha256=entry.sha256)
+        chunks = _counting(store.get_stream(name), counted)
+        stream = decode(chunks, keys=key, expected_sha256=entry.sha256)
         held: bytes | None = None
         for piece in stream:
             if held is not None:
@@ -52,14 +66,18 @@ def whole(store: ObjectStore, layout: Layout, entry: FileEntry, key: Key | None)
 
 
 def bundle(
-    store: ObjectStore, layout: Layout, entries: Sequence[FileEntry], key: Key | None
+    store: ObjectStore,
+    layout: Layout,
+    entries: Sequence[FileEntry],
+    key: Key | None,
+    counted: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[FileEntry, bytes]]:
     """The plaintext of each of `entries` (parts of one bundle, by offset), checked."""
     if not entries:
         return
     name = layout.backup_object(entries[0].object)
     try:
-        reader = _Skipper(store.get_stream(name))
+        reader = _Skipper(_counting(store.get_stream(name), counted))
         for entry in sorted(entries, key=lambda e: e.offset or 0):
             assert entry.offset is not None and entry.length is not None
             encoded = reader.read_at(entry.offset, entry.length)

@@ -227,11 +227,15 @@ class RestoreRun:
             needed = entries
         if not needed:
             return
+        counted = self._downloaded
         if needed[0].offset is None:
-            self._write(needed[0], whole(self.store, self.layout, needed[0], self.key))
+            self._write(needed[0], whole(self.store, self.layout, needed[0], self.key, counted))
         else:
-            for entry, data in bundle(self.store, self.layout, needed, self.key):
+            for entry, data in bundle(self.store, self.layout, needed, self.key, counted):
                 self._write(entry, iter([data]))
+
+    def _downloaded(self, count: int) -> None:
+        self.counters.add(stored=count)
 
     def _count_kept(self, count: int) -> None:
         with self.counters.lock:
@@ -248,7 +252,7 @@ class RestoreRun:
                 self.counters.add(read=len(piece))
             out.flush()
             os.fsync(out.fileno())
-        self.counters.add(files=1, stored=entry.length or entry.size)
+        self.counters.add(files=1)
         self._set_attributes(temp, entry)
         if entry.path != PG_CONTROL:  # put in place last, by _finish
             temp.replace(final)

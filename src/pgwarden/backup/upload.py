@@ -15,14 +15,18 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from pgwarden.backup.context import Encoding
 from pgwarden.backup.manifest import FileEntry
 from pgwarden.backup.pages import PageChecker, is_relation_file, recheck
 from pgwarden.backup.scan import ScannedFile
-from pgwarden.codec import Key, encode, encode_bytes
+from pgwarden.codec import encode, encode_bytes
 from pgwarden.storage import ObjectStore
 from pgwarden.storage.layout import Layout
 
 READ_SIZE = 1024 * 1024
+# A file this large is compressed by zstd on a thread of its own as well: a big table's
+# file is one task, and the other workers run out of files long before it is done.
+ZSTD_THREAD_FROM = 64 * 1024 * 1024
 # Files below this size are bundled; a bundle holds about this much plaintext.
 BUNDLE_FILE_LIMIT = 1024 * 1024
 BUNDLE_SIZE = 16 * 1024 * 1024
@@ -44,13 +48,6 @@ class Counters:
             self.stored_bytes += stored
             self.reused_bytes += reused
             self.files_done += files
-
-
-@dataclass(frozen=True)
-class Encoding:
-    compression: str
-    level: int
-    key: Key | None
 
 
 @dataclass(frozen=True)
@@ -135,6 +132,7 @@ class Uploader:
                 compression=self.encoding.compression,
                 level=self.encoding.level,
                 key=self.encoding.key,
+                threads=1 if scanned.size >= ZSTD_THREAD_FROM else 0,
             )
             stored = self.store.put_stream(self.layout.backup_object(name), stream)
         digest = stream.digest

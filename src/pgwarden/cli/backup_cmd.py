@@ -101,6 +101,7 @@ def create_command(
             encoding=context.encoding,
             request=request,
             progress=progress,
+            wal=context.wal,
         )
         manifest = run.run()
     expired: tuple[str, ...] = ()

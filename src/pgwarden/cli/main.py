@@ -2,24 +2,57 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from pgwarden import __version__
-from pgwarden.cli.agent_cmd import agent_command
-from pgwarden.cli.backup_cmd import backup_group, restore_command
-from pgwarden.cli.config_cmd import config_group
-from pgwarden.cli.ha_cmd import failover_command, switchover_command
-from pgwarden.cli.history_cmd import events_command, history_command
-from pgwarden.cli.lab_cmd import lab_group
-from pgwarden.cli.list_cmd import list_command
-from pgwarden.cli.member_cmd import reinit_command, reload_command, restart_command
-from pgwarden.cli.pause_cmd import pause_command, resume_command
-from pgwarden.cli.wal_cmd import check_command, wal_fetch_command, wal_push_command
 from pgwarden.errors import PgwardenError
 from pgwarden.logs import LEVELS, configure_logging
 
+# Each command's module is imported only when that command runs (or help lists it): a
+# `pgwarden backup create` or an agentless `wal-push` does not pay for kazoo, the lab or
+# the HTTP API. Name -> "module:attribute".
+COMMANDS = {
+    "agent": "pgwarden.cli.agent_cmd:agent_command",
+    "config": "pgwarden.cli.config_cmd:config_group",
+    "lab": "pgwarden.cli.lab_cmd:lab_group",
+    "list": "pgwarden.cli.list_cmd:list_command",
+    "pause": "pgwarden.cli.pause_cmd:pause_command",
+    "resume": "pgwarden.cli.pause_cmd:resume_command",
+    "history": "pgwarden.cli.history_cmd:history_command",
+    "events": "pgwarden.cli.history_cmd:events_command",
+    "switchover": "pgwarden.cli.ha_cmd:switchover_command",
+    "failover": "pgwarden.cli.ha_cmd:failover_command",
+    "restart": "pgwarden.cli.member_cmd:restart_command",
+    "reload": "pgwarden.cli.member_cmd:reload_command",
+    "reinit": "pgwarden.cli.member_cmd:reinit_command",
+    "backup": "pgwarden.cli.backup_cmd:backup_group",
+    "restore": "pgwarden.cli.backup_cmd:restore_command",
+    "wal-push": "pgwarden.cli.wal_cmd:wal_push_command",
+    "wal-fetch": "pgwarden.cli.wal_cmd:wal_fetch_command",
+    "check": "pgwarden.cli.wal_cmd:check_command",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported by name when needed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
 
 @click.group(
+    cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, "-V", "--version", prog_name="pgwarden")
@@ -42,26 +75,6 @@ def cli(ctx: click.Context, log_level: str) -> None:
     if ctx.invoked_subcommand == "agent" and not explicit:
         log_level = "info"
     configure_logging(log_level)
-
-
-cli.add_command(agent_command)
-cli.add_command(config_group)
-cli.add_command(lab_group)
-cli.add_command(list_command)
-cli.add_command(pause_command)
-cli.add_command(resume_command)
-cli.add_command(history_command)
-cli.add_command(events_command)
-cli.add_command(switchover_command)
-cli.add_command(failover_command)
-cli.add_command(restart_command)
-cli.add_command(reload_command)
-cli.add_command(reinit_command)
-cli.add_command(backup_group)
-cli.add_command(restore_command)
-cli.add_command(wal_push_command)
-cli.add_command(wal_fetch_command)
-cli.add_command(check_command)
 
 
 def main() -> None:
