@@ -364,3 +364,25 @@ def test_retention_expires_old_backups_and_the_wal_only_they_needed(archived: Ar
     assert archived.pgw("check").returncode == 0
     dry = archived.json("backup", "expire", "--dry-run", config=config)
     assert dry["backups"] == [] and dry["keep"] == [second["id"]]
+
+
+def test_a_corrupted_page_is_reported_by_the_backup(archived: Archived) -> None:
+    archived.pgbench_init(1)
+    ((relation,),) = archived.sql("SELECT pg_relation_filepath('pgbench_accounts')")
+    archived.sql("CHECKPOINT")  # the page on disk is what PostgreSQL last wrote
+    path = archived.lab.member(archived.name).data_dir / relation
+    with path.open("r+b") as data:  # a bit rots in block 3, behind PostgreSQL's back
+        data.seek(3 * 8192 + 4000)
+        byte = data.read(1)
+        data.seek(3 * 8192 + 4000)
+        data.write(bytes([byte[0] ^ 0x10]))
+    done = archived.pgw("backup", "create", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    backup = json.loads(done.stdout)
+    assert backup["bad_pages"] == 1
+    assert (
+        f"warning: {relation}: page checksum failed in block(s) 3"
+        in archived.pgw("backup", "show", backup["id"]).stderr
+    )
+    shown = archived.json("backup", "show", backup["id"])
+    assert shown["bad_pages_by_file"] == {relation: [3]}
