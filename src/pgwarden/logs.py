@@ -40,6 +40,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_identity,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _mask_secrets,
@@ -72,10 +73,21 @@ def _route_library_logs(level: str) -> None:
         library.setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)
 
 
+_IDENTITY: dict[str, str] = {}
+
+
 def bind_identity(cluster: str | None = None, member: str | None = None) -> None:
-    """Attach `cluster` and `member` to every later event of this process."""
-    values = {k: v for k, v in (("cluster", cluster), ("member", member)) if v is not None}
-    structlog.contextvars.bind_contextvars(**values)
+    """Attach `cluster` and `member` to every later event of this process, from every
+    thread (context variables would reach only the calling thread)."""
+    _IDENTITY.update({k: v for k, v in (("cluster", cluster), ("member", member)) if v})
+
+
+def _add_identity(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in _IDENTITY.items():
+        event.setdefault(key, value)
+    return event
 
 
 def get_logger(name: str) -> Any:
