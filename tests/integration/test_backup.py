@@ -9,7 +9,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -386,3 +388,75 @@ def test_a_corrupted_page_is_reported_by_the_backup(archived: Archived) -> None:
     )
     shown = archived.json("backup", "show", backup["id"])
     assert shown["bad_pages_by_file"] == {relation: [3]}
+
+
+def test_restore_to_each_kind_of_target_shows_exactly_the_rows_before_it(
+    archived: Archived,
+) -> None:
+    archived.sql("CREATE TABLE t (n int)")
+    backup = archived.json("backup", "create")
+    archived.sql("INSERT INTO t VALUES (1)")
+    ((after_one,),) = archived.sql("SELECT clock_timestamp()")
+    ((lsn_one,),) = archived.sql("SELECT pg_current_wal_lsn()")
+    archived.sql("SELECT pg_create_restore_point('after-one')")
+    time.sleep(0.2)
+    ((xid_two,),) = archived.sql("INSERT INTO t VALUES (2) RETURNING txid_current()")
+    archived.sql("INSERT INTO t VALUES (3)")
+    archived.archive_current_wal()
+
+    expected = {
+        ("--target", "immediate"): [],
+        ("--target-name", "after-one"): [1],
+        ("--target-time", after_one.isoformat()): [1],
+        ("--target-lsn", str(lsn_one)): [1],
+        ("--target-xid", str(xid_two)): [1, 2],
+        (): [1, 2, 3],
+    }
+    for number, (options, rows) in enumerate(expected.items()):
+        target = archived.target(f"restored-{number}")
+        done = archived.pgw("restore", "--target-dir", str(target), *options)
+        assert done.returncode == 0, (options, done.stderr)
+        member = archived.start(target)
+        found = [n for (n,) in archived.query(member, "SELECT n FROM t ORDER BY n")]
+        assert found == rows, options
+
+    before = (backup_time(archived, backup["id"]) - timedelta(hours=1)).isoformat()
+    refused = archived.pgw("restore", "--target-dir", str(archived.target("x")),
+                           "--target-time", before)  # fmt: skip
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"error: --target-time {before} is before the oldest backup")
+
+
+def backup_time(archived: Archived, ident: str) -> datetime:
+    return datetime.fromisoformat(archived.json("backup", "show", ident)["stop_time"])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--target-lsn", "zz"), "--target-lsn 'zz' is not a WAL position like 0/3000028"),
+        (("--target-time", "2026-11-24 06:00"),
+         "--target-time '2026-11-24 06:00' needs a time zone"),
+        (("--target-xid", "x"), "--target-xid 'x' is not a transaction id"),
+        (("--target-timeline", "next"),
+         "--target-timeline 'next' must be latest, current or a timeline number"),
+        (("--target-xid", "5", "--target-name", "a"), "give at most one of --target-time"),
+    ],
+)  # fmt: skip
+def test_a_malformed_target_is_one_sentence(
+    options: tuple[str, ...], message: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "pgwarden.yml"
+    config.write_text(
+        "cluster: main\nmember: db1\ndcs: {hosts: ['127.0.0.1:2181']}\n"
+        f"storage: {{type: fs, directory: {tmp_path / 'store'}}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pgwarden", "restore", "-c", str(config),
+         "--target-dir", str(tmp_path / "t"), *options],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: {message}")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "t").exists()

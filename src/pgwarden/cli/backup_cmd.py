@@ -15,6 +15,7 @@ import click
 
 from pgwarden.backup.context import BackupContext
 from pgwarden.backup.manifest import Manifest
+from pgwarden.backup.targets import RecoveryTarget, TargetKind, check_target
 from pgwarden.backup.upload import Counters
 from pgwarden.cli.common import config_option
 from pgwarden.cli.render import emit_json, fail, output_option, table
@@ -313,11 +314,36 @@ def expire_command(config_path: Path, dry_run: bool, output: str) -> None:
     help="Restore over an existing directory, keeping files that already match.",
 )
 @click.option("--standby", is_flag=True, help="Start as a standby (standby.signal).")
+@click.option("--target-time", help="Recover up to this time (ISO 8601 with a zone).")
+@click.option("--target-lsn", help="Recover up to this WAL position (0/3000028).")
+@click.option("--target-xid", help="Recover up to this transaction id.")
+@click.option("--target-name", help="Recover up to this restore point (pg_create_restore_point).")
+@click.option(
+    "--target",
+    "target_immediate",
+    type=click.Choice(["immediate"]),
+    help="immediate: stop as soon as the backup is consistent.",
+)
+@click.option(
+    "--target-action",
+    type=click.Choice(["promote", "pause", "shutdown"]),
+    default="promote",
+    show_default=True,
+    help="What to do at the target.",
+)
+@click.option(
+    "--target-timeline",
+    default="latest",
+    show_default=True,
+    help="latest, current or a timeline number.",
+)
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=2, show_default=True)
 @output_option
 def restore_command(
-    config_path: Path, selector: str, target_dir: Path, delta: bool, standby: bool, jobs: int,
-    output: str,
+    config_path: Path, selector: str, target_dir: Path, delta: bool, standby: bool,
+    target_time: str | None, target_lsn: str | None, target_xid: str | None,
+    target_name: str | None, target_immediate: str | None, target_action: str,
+    target_timeline: str, jobs: int, output: str,
 ) -> None:  # fmt: skip
     """Restore a base backup, with recovery settings that fetch WAL from the archive.
 
@@ -326,9 +352,18 @@ def restore_command(
     --standby, keeps following).
     """
     from pgwarden.backup.restore import RestoreRequest, RestoreRun  # noqa: PLC0415
+    from pgwarden.backup.targets import check_backup_reaches, choose_backup  # noqa: PLC0415
 
     settings, context = _context(config_path)
-    manifest = context.catalog.resolve(selector)
+    target = _target(
+        target_time, target_lsn, target_xid, target_name, target_immediate, target_action,
+        target_timeline,
+    )  # fmt: skip
+    if target.kind is not None and selector == "latest":
+        manifest = choose_backup(context.catalog.manifests(), target)
+    else:
+        manifest = context.catalog.resolve(selector)
+        check_backup_reaches(manifest, target)
     request = RestoreRequest(
         target_dir=target_dir.absolute(),
         delta=delta,
@@ -336,6 +371,7 @@ def restore_command(
         owner=_owner(settings),
         restore_command=pgwarden_command(config_path, "wal-fetch", "%f", "%p"),
         standby=standby,
+        settings=target.settings(),
     )
     with _progress("restore", output) as progress:
         result = RestoreRun(
@@ -349,6 +385,24 @@ def restore_command(
         f"restored backup {result.backup} into {target_dir}: {result.files_written} files "
         f"written{kept}, {_mb(result.written_bytes)} in {result.seconds} s"
     )
+
+
+def _target(
+    time: str | None, lsn: str | None, xid: str | None, name: str | None,
+    immediate: str | None, action: str, timeline: str,
+) -> RecoveryTarget:  # fmt: skip
+    options: list[tuple[TargetKind, str | None]] = [
+        ("time", time), ("lsn", lsn), ("xid", xid), ("name", name), ("immediate", immediate),
+    ]  # fmt: skip
+    given = [(kind, value) for kind, value in options if value is not None]
+    if len(given) > 1:
+        fail("give at most one of --target-time, --target-lsn, --target-xid, --target-name "
+             "and --target immediate")  # fmt: skip
+    kind: TargetKind | None = given[0][0] if given else None
+    value = given[0][1] or "" if given else ""
+    target = RecoveryTarget(kind, value, action, timeline)  # type: ignore[arg-type]
+    check_target(target)
+    return target
 
 
 def _owner(settings: Settings) -> tuple[int, int] | None:
