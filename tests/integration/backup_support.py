@@ -48,7 +48,7 @@ class Archived:
     def argv(self, *args: str, config: Path | None = None) -> list[str]:
         """`pgwarden ARGS -c CONFIG` as a user runs it; the config goes after the command."""
         words = list(args)
-        at = 2 if words[0] == "backup" else 1
+        at = 2 if words[0] in ("backup", "drill") else 1
         words[at:at] = ["-c", str(config or self.config)]
         return [sys.executable, "-m", "pgwarden", *words]
 

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -460,3 +461,31 @@ def test_a_malformed_target_is_one_sentence(
     assert done.stderr.startswith(f"error: {message}")
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "t").exists()
+
+
+def test_a_drill_restores_checks_and_reports(archived: Archived) -> None:
+    checks = [
+        {"name": "accounts", "sql": "SELECT count(*) FROM pgbench_accounts", "min": 100000},
+        {"name": "too-many", "sql": "SELECT count(*) FROM pgbench_accounts", "min": 200000},
+    ]
+    config = archived.write_config("drill.yml", drill={"schedule": None, "checks": checks})
+    archived.pgbench_init(1)
+    backup = archived.json("backup", "create", config=config)
+    archived.archive_current_wal()
+
+    done = archived.pgw("drill", "run", "-o", "json", config=config)
+    assert done.returncode == 1  # one check fails
+    report = json.loads(done.stdout)
+    assert report["backup"] == backup["id"] and report["error"] is None
+    results = {c["name"]: (c["ok"], c["detail"]) for c in report["checks"]}
+    assert results["consistent"][0] and results["amcheck"][0] and results["accounts"][0]
+    assert results["too-many"] == (
+        False,
+        "'SELECT count(*) FROM pgbench_accounts' returned 100000, below the minimum 200000",
+    )
+    assert (report["checks_passed"], report["checks_failed"]) == (3, 1)
+    assert report["rto_s"] >= report["restore_s"] + report["replay_s"] - 0.01
+    assert report["recovered_lsn"] and report["downloaded_bytes"] > 0
+    listed = archived.json("drill", "list", config=config)
+    assert [r["id"] for r in listed] == [report["id"]]
+    assert not list(Path(tempfile.gettempdir()).glob("pgwarden-drill-*"))  # removed

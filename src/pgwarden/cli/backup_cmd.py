@@ -297,6 +297,40 @@ def expire_command(config_path: Path, dry_run: bool, output: str) -> None:
     click.echo(f"{would} {result.wal_deleted} WAL segment(s)")
 
 
+def target_options(func: Any) -> Any:
+    """The point-in-time target options of `restore` and `drill run`."""
+    for option in reversed(_TARGET_OPTIONS):
+        func = option(func)
+    return func
+
+
+_TARGET_OPTIONS = [
+    click.option("--target-time", help="Recover up to this time (ISO 8601 with a zone)."),
+    click.option("--target-lsn", help="Recover up to this WAL position (0/3000028)."),
+    click.option("--target-xid", help="Recover up to this transaction id."),
+    click.option("--target-name", help="Recover up to this restore point."),
+    click.option(
+        "--target",
+        "target_immediate",
+        type=click.Choice(["immediate"]),
+        help="immediate: stop as soon as the backup is consistent.",
+    ),
+    click.option(
+        "--target-action",
+        type=click.Choice(["promote", "pause", "shutdown"]),
+        default="promote",
+        show_default=True,
+        help="What to do at the target.",
+    ),
+    click.option(
+        "--target-timeline",
+        default="latest",
+        show_default=True,
+        help="latest, current or a timeline number.",
+    ),
+]
+
+
 @click.command("restore", epilog=_EXIT_CODES)
 @config_option
 @click.option(
@@ -314,36 +348,12 @@ def expire_command(config_path: Path, dry_run: bool, output: str) -> None:
     help="Restore over an existing directory, keeping files that already match.",
 )
 @click.option("--standby", is_flag=True, help="Start as a standby (standby.signal).")
-@click.option("--target-time", help="Recover up to this time (ISO 8601 with a zone).")
-@click.option("--target-lsn", help="Recover up to this WAL position (0/3000028).")
-@click.option("--target-xid", help="Recover up to this transaction id.")
-@click.option("--target-name", help="Recover up to this restore point (pg_create_restore_point).")
-@click.option(
-    "--target",
-    "target_immediate",
-    type=click.Choice(["immediate"]),
-    help="immediate: stop as soon as the backup is consistent.",
-)
-@click.option(
-    "--target-action",
-    type=click.Choice(["promote", "pause", "shutdown"]),
-    default="promote",
-    show_default=True,
-    help="What to do at the target.",
-)
-@click.option(
-    "--target-timeline",
-    default="latest",
-    show_default=True,
-    help="latest, current or a timeline number.",
-)
+@target_options
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=2, show_default=True)
 @output_option
 def restore_command(
     config_path: Path, selector: str, target_dir: Path, delta: bool, standby: bool,
-    target_time: str | None, target_lsn: str | None, target_xid: str | None,
-    target_name: str | None, target_immediate: str | None, target_action: str,
-    target_timeline: str, jobs: int, output: str,
+    jobs: int, output: str, **targets: Any,
 ) -> None:  # fmt: skip
     """Restore a base backup, with recovery settings that fetch WAL from the archive.
 
@@ -355,10 +365,7 @@ def restore_command(
     from pgwarden.backup.targets import check_backup_reaches, choose_backup  # noqa: PLC0415
 
     settings, context = _context(config_path)
-    target = _target(
-        target_time, target_lsn, target_xid, target_name, target_immediate, target_action,
-        target_timeline,
-    )  # fmt: skip
+    target = recovery_target(**targets)
     if target.kind is not None and selector == "latest":
         manifest = choose_backup(context.catalog.manifests(), target)
     else:
@@ -368,7 +375,7 @@ def restore_command(
         target_dir=target_dir.absolute(),
         delta=delta,
         jobs=jobs,
-        owner=_owner(settings),
+        owner=restore_owner(settings),
         restore_command=pgwarden_command(config_path, "wal-fetch", "%f", "%p"),
         standby=standby,
         settings=target.settings(),
@@ -387,10 +394,13 @@ def restore_command(
     )
 
 
-def _target(
-    time: str | None, lsn: str | None, xid: str | None, name: str | None,
-    immediate: str | None, action: str, timeline: str,
+def recovery_target(
+    target_time: str | None, target_lsn: str | None, target_xid: str | None,
+    target_name: str | None, target_immediate: str | None, target_action: str,
+    target_timeline: str,
 ) -> RecoveryTarget:  # fmt: skip
+    time, lsn, xid, name = target_time, target_lsn, target_xid, target_name
+    immediate, action, timeline = target_immediate, target_action, target_timeline
     options: list[tuple[TargetKind, str | None]] = [
         ("time", time), ("lsn", lsn), ("xid", xid), ("name", name), ("immediate", immediate),
     ]  # fmt: skip
@@ -405,7 +415,7 @@ def _target(
     return target
 
 
-def _owner(settings: Settings) -> tuple[int, int] | None:
+def restore_owner(settings: Settings) -> tuple[int, int] | None:
     """Root restores for the configured PostgreSQL OS user; anyone else for themselves."""
     if os.geteuid() != 0 or not settings.postgres.os_user:
         return None

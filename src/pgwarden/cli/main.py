@@ -32,6 +32,7 @@ COMMANDS = {
     "wal-push": "pgwarden.cli.wal_cmd:wal_push_command",
     "wal-fetch": "pgwarden.cli.wal_cmd:wal_fetch_command",
     "check": "pgwarden.cli.wal_cmd:check_command",
+    "drill": "pgwarden.cli.drill_cmd:drill_group",
 }
 
 

@@ -36,6 +36,7 @@ def member_config(
     key_file: Path | None = None,
     compression: dict[str, Any] | None = None,
     retention: dict[str, Any] | None = None,
+    drill: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The pgwarden configuration of lab member `name` as a mapping."""
     member = lab.member(name)
@@ -61,6 +62,7 @@ def member_config(
         "cluster": "lab",
         "member": name,
         "postgres": postgres,
+        **({"drill": drill} if drill is not None else {}),
         # Backups and WAL do not use ZooKeeper; the setting is required all the same.
         "dcs": {"hosts": [lab.zookeeper_hosts or "127.0.0.1:2181"]},
         "storage": storage,

@@ -1,0 +1,1 @@
+"""Restore drills: restore a backup, recover, check the data, measure RTO and RPO."""
