@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -14,10 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from backup_support import Archived, accounts_digest, owned_directory
 
+from pgwarden.backup.pages import page_checksums
 from pgwarden.codec import Key
 from pgwarden.lab import Lab
 from pgwarden.lab.archiving import s3_storage
@@ -478,14 +481,73 @@ def test_a_drill_restores_checks_and_reports(archived: Archived) -> None:
     report = json.loads(done.stdout)
     assert report["backup"] == backup["id"] and report["error"] is None
     results = {c["name"]: (c["ok"], c["detail"]) for c in report["checks"]}
-    assert results["consistent"][0] and results["amcheck"][0] and results["accounts"][0]
+    for name in ("archive", "consistent", "amcheck", "accounts", "checksums"):
+        assert results[name][0], (name, results[name])
     assert results["too-many"] == (
         False,
         "'SELECT count(*) FROM pgbench_accounts' returned 100000, below the minimum 200000",
     )
-    assert (report["checks_passed"], report["checks_failed"]) == (3, 1)
+    assert (report["checks_passed"], report["checks_failed"]) == (5, 1)
     assert report["rto_s"] >= report["restore_s"] + report["replay_s"] - 0.01
     assert report["recovered_lsn"] and report["downloaded_bytes"] > 0
     listed = archived.json("drill", "list", config=config)
     assert [r["id"] for r in listed] == [report["id"]]
     assert not list(Path(tempfile.gettempdir()).glob("pgwarden-drill-*"))  # removed
+
+
+def drill(archived: Archived) -> dict[str, Any]:
+    done = archived.pgw("drill", "run", "-o", "json")
+    assert done.returncode == 1, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_drill_over_a_flipped_byte_names_the_object(archived: Archived) -> None:
+    archived.pgbench_init(1)
+    backup = archived.json("backup", "create")
+    archived.archive_current_wal()
+    victim = max(stored_objects(archived, backup["id"]), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 3] ^= 0x04
+    victim.write_bytes(bytes(data))
+    report = drill(archived)
+    key = str(victim.relative_to(archived.storage["directory"]))
+    assert report["error"].startswith("restore into ") and f"object {key}" in report["error"]
+
+
+def test_a_drill_with_a_missing_wal_segment_names_it(archived: Archived) -> None:
+    archived.pgbench_init(1)
+    backup = archived.json("backup", "create")
+    archived.archive_current_wal()
+    first = backup["wal"].split("..")[0]
+    (Path(archived.storage["directory"]) / "lab" / "wal" / "00000001" / first).unlink()
+    report = drill(archived)
+    assert report["error"] == f"the backup's own WAL is not all archived: missing {first}"
+
+
+def test_a_heap_page_only_amcheck_can_see_is_caught(archived: Archived) -> None:
+    archived.pgbench_init(1)
+    ((relation,),) = archived.sql("SELECT pg_relation_filepath('pgbench_accounts')")
+    archived.sql("CHECKPOINT")
+    path = archived.lab.member(archived.name).data_dir / relation
+    block = 5
+    with path.open("r+b") as data:
+        data.seek(block * 8192)
+        page = bytearray(data.read(8192))
+        # The first tuple's header claims its data starts 8 bytes later than it does, and
+        # the page checksum is recomputed: only a check of the tuples themselves can tell.
+        (pointer,) = struct.unpack_from("<I", page, 24)
+        offset = pointer & 0x7FFF
+        page[offset + 22] += 8  # t_hoff
+        struct.pack_into("<H", page, 8, 0)
+        struct.pack_into("<H", page, 8, int(page_checksums(bytes(page), block)[0]))
+        data.seek(block * 8192)
+        data.write(page)
+    backup = archived.json("backup", "create")
+    assert backup["bad_pages"] == 0  # the checksum is right: the backup cannot tell
+    archived.archive_current_wal()
+    report = drill(archived)
+    results = {c["name"]: c for c in report["checks"]}
+    assert report["error"] is None
+    assert not results["amcheck"]["ok"]
+    assert f"block {block}, offset 1" in results["amcheck"]["detail"]
+    assert results["checksums"]["ok"]

@@ -32,6 +32,7 @@ from pgwarden.errors import PgwardenError
 from pgwarden.postgres import sql
 from pgwarden.postgres.conf import InstanceSpec
 from pgwarden.postgres.instance import Instance
+from pgwarden.wal.check import check_archive
 
 RECOVERY_TIMEOUT = 3600.0
 
@@ -136,6 +137,11 @@ class Drill:
             os.chown(scratch, *self.owner)
         instance: Instance | None = None
         try:
+            archive = self._archive_check()
+            report.checks.append(archive)
+            if not archive.ok and archive.detail.startswith("the backup's own WAL"):
+                report.error = archive.detail
+                return report
             instance = self._recover(scratch / "data", report)
             self._check(instance, report)
         except (PgwardenError, OSError) as exc:
@@ -229,6 +235,41 @@ class Drill:
             except Exception as exc:  # noqa: BLE001 - a failing query fails the check
                 ok, detail = False, f"{check.sql!r} failed: {str(exc).strip()}"
             report.checks.append(CheckResult(check.name, ok, detail))
+        checksums = self._checksums(instance)
+        if checksums is not None:
+            report.checks.append(checksums)
+
+    def _archive_check(self) -> CheckResult:
+        """Every segment from the backup's start to the newest archived one is there."""
+        found = check_archive(self.context, self.manifest)
+        if found.backup_problems:
+            names = ", ".join(p.object.rsplit("/", 1)[-1] for p in found.backup_problems)
+            return CheckResult(
+                "archive", False, f"the backup's own WAL is not all archived: missing {names}"
+            )
+        if found.continuity.gaps:
+            gaps = found.continuity.gaps
+            shown = ", ".join(gaps[:5]) + (" ..." if len(gaps) > 5 else "")
+            return CheckResult(
+                "archive", False,
+                f"{len(gaps)} WAL segment(s) missing after the backup: {shown}; recovery "
+                "stops at the first",
+            )  # fmt: skip
+        return CheckResult(
+            "archive", True,
+            f"{found.continuity.checked} segment(s) from {found.continuity.first} to "
+            f"{found.continuity.last}, no gap",
+        )  # fmt: skip
+
+    def _checksums(self, instance: Instance) -> CheckResult | None:
+        """pg_checksums over the stopped copy, when the cluster has data checksums."""
+        if not self.manifest.data_checksums:
+            return None
+        instance.stop("fast")
+        ok, out = instance.run_program("pg_checksums", "--check", "-D", str(instance.data_dir))
+        if ok:
+            return CheckResult("checksums", True, "pg_checksums found no bad page")
+        return CheckResult("checksums", False, out.strip().replace("\n", "; ")[:500])
 
     def _amcheck(self, spec: InstanceSpec) -> CheckResult:
         argv = [

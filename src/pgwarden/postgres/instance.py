@@ -377,6 +377,13 @@ class Instance:
     def _bin(self, program: str) -> str:
         return str(self.spec.bin_dir / program)
 
+    def run_program(self, program: str, *args: str, timeout: float = 600.0) -> tuple[bool, str]:
+        """Run one of PostgreSQL's programs as its OS user: (exit code 0, output)."""
+        try:
+            return True, self._run([self._bin(program), *args], program, timeout=timeout)
+        except PgError as exc:
+            return False, str(exc)
+
     def owner(self) -> tuple[int, int] | None:
         """(uid, gid) files PostgreSQL reads must get when we are not its OS user."""
         ids = self._ids()

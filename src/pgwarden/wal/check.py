@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pgwarden.backup.context import BackupContext
+from pgwarden.backup.manifest import Manifest
 from pgwarden.backup.verify import Problem, missing_wal
 from pgwarden.codec import decode_bytes
 from pgwarden.wal.continuity import Continuity, archive_gaps
@@ -31,9 +32,11 @@ class CheckReport:
         return not self.continuity.gaps and not self.backup_problems
 
 
-def check_archive(context: BackupContext) -> CheckReport:
+def check_archive(context: BackupContext, since: Manifest | None = None) -> CheckReport:
+    """Continuity from the oldest backup (or from `since`, a backup about to be restored)
+    to the newest archived segment, and every backup's own WAL range."""
     store, layout = context.store, context.layout
-    manifests = context.catalog.manifests()
+    manifests = [since] if since is not None else context.catalog.manifests()
     segment_size = manifests[-1].segment_size if manifests else DEFAULT_SEGMENT_SIZE
     names = [info.key.rsplit("/", 1)[-1] for info in store.list(layout.wal_prefix)]
     histories = sorted(
