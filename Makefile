@@ -57,6 +57,10 @@ bench: install
 	@if [ -f benchmarks/switchover.py ]; then \
 		$(PY) benchmarks/switchover.py --runs 5 --json bench-results/switchover.json; fi
 	$(PY) benchmarks/chaos.py --minutes $(CHAOS_MINUTES) --json bench-results/chaos.json
+	$(PY) benchmarks/pages.py --json bench-results/pages.json
+	$(PY) benchmarks/backup.py --scale 64 --json bench-results/backup.json
+	$(PY) benchmarks/wal_archive.py --seconds 30 --json bench-results/wal_archive.json
+	$(PY) benchmarks/drill.py --scale 64 --json bench-results/drill.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis bench-results
