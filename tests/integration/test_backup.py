@@ -429,6 +429,12 @@ def test_restore_to_each_kind_of_target_shows_exactly_the_rows_before_it(
                            "--target-time", before)  # fmt: skip
     assert refused.returncode == 1
     assert refused.stderr.startswith(f"error: --target-time {before} is before the oldest backup")
+    for options, message in (
+        (("--target-lsn", "FF/0"), "error: --target-lsn FF/0 is beyond the end of the archive"),
+        (("--target-timeline", "7"), "error: timeline 7 is not in the archive's history"),
+    ):
+        refused = archived.pgw("restore", "--target-dir", str(archived.target("x")), *options)
+        assert refused.returncode == 1 and refused.stderr.startswith(message), refused.stderr
 
 
 def backup_time(archived: Archived, ident: str) -> datetime:

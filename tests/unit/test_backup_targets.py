@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -10,6 +11,7 @@ from test_backup_parts import NOW, manifest
 from pgwarden.backup.targets import (
     RecoveryTarget,
     TargetError,
+    check_archive_reaches,
     check_backup_reaches,
     choose_backup,
 )
@@ -80,3 +82,31 @@ def test_settings_quote_values_and_follow_the_timeline() -> None:
         "recovery_target_timeline": "'2'",
     }
     assert RecoveryTarget().settings() == {"recovery_target_timeline": "'latest'"}
+
+
+SEG = 16 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        (RecoveryTarget("lsn", "0/7000000"), "is beyond the end of the archive (the newest "
+                                             "archived segment is 000000020000000000000006)"),
+        (RecoveryTarget(None, timeline="3"), "timeline 3 is not in the archive's history "
+                                             "(timelines: 1, 2)"),
+    ],
+)  # fmt: skip
+def test_targets_the_archive_cannot_reach_are_refused(target: RecoveryTarget, reason: str) -> None:
+    with pytest.raises(TargetError, match=re.escape(reason)):
+        check_archive_reaches(target, [1, 2], "000000020000000000000006", SEG)
+
+
+def test_targets_inside_the_archive_pass() -> None:
+    check_archive_reaches(
+        RecoveryTarget("lsn", "0/6FFFFFF"), [1, 2], "000000020000000000000006", SEG
+    )
+    check_archive_reaches(
+        RecoveryTarget(None, timeline="2"), [1, 2], "000000020000000000000006", SEG
+    )
+    with pytest.raises(TargetError, match="holds no WAL segment"):
+        check_archive_reaches(RecoveryTarget("lsn", "0/1"), [1], None, SEG)

@@ -135,3 +135,29 @@ def check_backup_reaches(manifest: Manifest, target: RecoveryTarget) -> None:
         raise TargetError(
             f"backup {manifest.id} is consistent only after --target-lsn {target.value}"
         )
+
+
+def check_archive_reaches(
+    target: RecoveryTarget,
+    timelines: Sequence[int],
+    last_segment: str | None,
+    segment_size: int,
+) -> None:
+    """Refuse an LSN beyond the newest archived segment, and a timeline the archive's
+    history does not know (`timelines`: those on the newest timeline's path)."""
+    from pgwarden.wal.names import parse_segment_name, segment_number  # noqa: PLC0415
+
+    if target.timeline.isdigit() and int(target.timeline) not in timelines:
+        known = ", ".join(str(t) for t in timelines) or "none"
+        raise TargetError(
+            f"timeline {target.timeline} is not in the archive's history (timelines: {known})"
+        )
+    if target.kind == "lsn":
+        if last_segment is None:
+            raise TargetError("the archive holds no WAL segment: no target can be reached")
+        _, last = parse_segment_name(last_segment, segment_size)
+        if segment_number(parse_lsn(target.value), segment_size) > last:
+            raise TargetError(
+                f"--target-lsn {target.value} is beyond the end of the archive (the newest "
+                f"archived segment is {last_segment})"
+            )

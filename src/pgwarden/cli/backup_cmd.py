@@ -371,6 +371,7 @@ def restore_command(
     else:
         manifest = context.catalog.resolve(selector)
         check_backup_reaches(manifest, target)
+    check_archive_for(context, manifest, target)
     request = RestoreRequest(
         target_dir=target_dir.absolute(),
         delta=delta,
@@ -392,6 +393,18 @@ def restore_command(
         f"restored backup {result.backup} into {target_dir}: {result.files_written} files "
         f"written{kept}, {_mb(result.written_bytes)} in {result.seconds} s"
     )
+
+
+def check_archive_for(context: BackupContext, manifest: Manifest, target: RecoveryTarget) -> None:
+    """Refuse targets past the archive's end or on a timeline it does not know."""
+    if target.kind != "lsn" and not target.timeline.isdigit():
+        return
+    from pgwarden.backup.targets import check_archive_reaches  # noqa: PLC0415
+    from pgwarden.wal.check import check_archive  # noqa: PLC0415
+
+    found = check_archive(context, manifest).continuity
+    timelines = [timeline for timeline, _, _ in found.path]
+    check_archive_reaches(target, timelines, found.last, manifest.segment_size)
 
 
 def recovery_target(

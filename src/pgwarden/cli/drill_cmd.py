@@ -9,7 +9,12 @@ from typing import Any
 
 import click
 
-from pgwarden.cli.backup_cmd import recovery_target, restore_owner, target_options
+from pgwarden.cli.backup_cmd import (
+    check_archive_for,
+    recovery_target,
+    restore_owner,
+    target_options,
+)
 from pgwarden.cli.common import config_option
 from pgwarden.cli.render import emit_json, fail, output_option, table
 from pgwarden.config import load_config
@@ -69,6 +74,7 @@ def run_command(config_path: Path, selector: str, scratch_dir: Path | None, outp
     else:
         manifest = catalog.resolve(selector)
         check_backup_reaches(manifest, target)
+    check_archive_for(context, manifest, target)
     drill = Drill(
         instance_spec(settings), context, manifest, target,
         pgwarden_command(config_path, "wal-fetch", "%f", "%p"),
