@@ -30,6 +30,7 @@ from pgwarden.backup.scan import ScannedFile, scan
 from pgwarden.backup.upload import Counters, FileResult, Uploader, plan_bundles
 from pgwarden.errors import PgwardenError
 from pgwarden.logs import get_logger
+from pgwarden.model import Lsn
 from pgwarden.postgres.conf import InstanceSpec
 from pgwarden.postgres.sql import connect
 from pgwarden.storage import StorageError
@@ -233,7 +234,7 @@ class BackupRun:
     ) -> Manifest:
         row = conn.execute("SELECT pg_backup_start(%s, true)", [f"pgwarden {ident}"]).fetchone()
         assert row is not None
-        start_lsn = _lsn(str(row[0]))
+        start_lsn = int(Lsn.parse(str(row[0])))
         found = scan(self.spec.data_dir)
         uploader = Uploader(
             store=self.catalog.store,
@@ -252,7 +253,7 @@ class BackupRun:
             "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
         ).fetchone()
         assert stop is not None
-        stop_lsn = _lsn(stop[0])
+        stop_lsn = int(Lsn.parse(stop[0]))
         label, spcmap = str(stop[1]), str(stop[2] or "")
         timeline = int(_search(_START_TIMELINE, label))
         start_wal = _search(_START_WAL, label)
@@ -334,11 +335,6 @@ def _as_list(
     upload: Callable[[ScannedFile, int], FileResult], f: ScannedFile, n: int
 ) -> list[FileResult]:
     return [upload(f, n)]
-
-
-def _lsn(text: str) -> int:
-    high, low = text.split("/")
-    return int(high, 16) << 32 | int(low, 16)
 
 
 def _search(pattern: re.Pattern[str], label: str) -> str:

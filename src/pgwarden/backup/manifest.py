@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pgwarden.errors import PgwardenError
+from pgwarden.model import Lsn
 
 MANIFEST_VERSION = 1
 BackupKind = Literal["full", "incr"]
@@ -168,8 +169,8 @@ class Manifest:
             "member": self.member,
             "from_standby": self.from_standby,
             "timeline": self.timeline,
-            "start_lsn": _lsn_text(self.start_lsn),
-            "stop_lsn": _lsn_text(self.stop_lsn),
+            "start_lsn": str(Lsn(self.start_lsn)),
+            "stop_lsn": str(Lsn(self.stop_lsn)),
             "wal": f"{self.start_wal}..{self.stop_wal}",
             "start_time": self.start_time.isoformat(),
             "stop_time": self.stop_time.isoformat(),
@@ -185,10 +186,6 @@ class Manifest:
 def _compact(entry: dict[str, Any]) -> dict[str, Any]:
     """Leave out a whole object's null offset/length: manifests of big clusters stay small."""
     return {k: v for k, v in entry.items() if v is not None}
-
-
-def _lsn_text(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 def newest(manifests: Sequence[Manifest]) -> Manifest | None:

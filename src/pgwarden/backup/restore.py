@@ -13,7 +13,6 @@ postgresql.auto.conf, with recovery.signal or standby.signal.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 from pgwarden.backup.manifest import FileEntry, Manifest
 from pgwarden.backup.objects import ObjectDamaged, bundle, whole
 from pgwarden.backup.parallel import run_all
+from pgwarden.backup.scan import file_sha256
 from pgwarden.backup.upload import READ_SIZE, Counters
 from pgwarden.codec import Key
 from pgwarden.errors import PgwardenError
@@ -97,13 +97,9 @@ def _same_content(path: Path, entry: FileEntry) -> bool:
     try:
         if path.stat().st_size != entry.size:
             return False
-        digest = hashlib.sha256()
-        with path.open("rb") as source:
-            while chunk := source.read(READ_SIZE):
-                digest.update(chunk)
+        return file_sha256(path, READ_SIZE) == (entry.size, entry.sha256)
     except (FileNotFoundError, IsADirectoryError):
         return False
-    return digest.hexdigest() == entry.sha256
 
 
 class RestoreRun:

@@ -11,6 +11,7 @@ Tablespaces (symlinks in pg_tblspc) are followed; their files appear under
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -60,6 +61,17 @@ class Scan:
     files: tuple[ScannedFile, ...]
     directories: tuple[tuple[str, int], ...]
     tablespaces: tuple[Tablespace, ...]
+
+
+def file_sha256(path: Path, chunk_size: int = 1024 * 1024) -> tuple[int, str]:
+    """(size, SHA-256 hex) of the file's bytes as read now."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as source:
+        while chunk := source.read(chunk_size):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def _excluded_file(relative: str, name: str) -> bool:

@@ -18,6 +18,8 @@ from typing import Literal
 
 from pgwarden.backup.manifest import Manifest
 from pgwarden.errors import PgwardenError
+from pgwarden.model import Lsn
+from pgwarden.postgres.conf import quote_value
 
 TargetKind = Literal["time", "lsn", "xid", "name", "immediate"]
 Action = Literal["promote", "pause", "shutdown"]
@@ -40,23 +42,18 @@ class RecoveryTarget:
         if self.kind == "immediate":
             found["recovery_target"] = "'immediate'"
         elif self.kind is not None:
-            found[f"recovery_target_{self.kind}"] = _quote(self.value)
+            found[f"recovery_target_{self.kind}"] = quote_value(self.value)
         if self.kind is not None:
-            found["recovery_target_action"] = _quote(self.action)
-        found["recovery_target_timeline"] = _quote(self.timeline)
+            found["recovery_target_action"] = quote_value(self.action)
+        found["recovery_target_timeline"] = quote_value(self.timeline)
         return found
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def parse_lsn(text: str) -> int:
-    high, sep, low = text.partition("/")
-    digits = set("0123456789abcdefABCDEF")
-    if not (sep and high and low and set(high + low) <= digits and len(high + low) <= 16):
-        raise TargetError(f"--target-lsn {text!r} is not a WAL position like 0/3000028")
-    return int(high, 16) << 32 | int(low, 16)
+    try:
+        return int(Lsn.parse(text))
+    except ValueError:
+        raise TargetError(f"--target-lsn {text!r} is not a WAL position like 0/3000028") from None
 
 
 def parse_time(text: str) -> datetime:

@@ -9,7 +9,6 @@ entry's object instead of storing the file again.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import BinaryIO
 from pgwarden.backup.context import Encoding
 from pgwarden.backup.manifest import FileEntry
 from pgwarden.backup.pages import PageChecker, is_relation_file, recheck
-from pgwarden.backup.scan import ScannedFile
+from pgwarden.backup.scan import ScannedFile, file_sha256
 from pgwarden.codec import encode, encode_bytes
 from pgwarden.storage import ObjectStore
 from pgwarden.storage.layout import Layout
@@ -88,17 +87,12 @@ class Uploader:
         old = self.basis.get(scanned.path)
         if old is None or old.size != scanned.size or old.mtime != scanned.mtime:
             return None
-        digest = hashlib.sha256()
-        size = 0
         try:
-            with scanned.source.open("rb") as source:
-                while chunk := source.read(READ_SIZE):
-                    digest.update(chunk)
-                    size += len(chunk)
+            size, sha256 = file_sha256(scanned.source, READ_SIZE)
         except FileNotFoundError:
             return None
         self.counters.add(read=size)
-        if size != old.size or digest.hexdigest() != old.sha256:
+        if size != old.size or sha256 != old.sha256:
             return None
         self.counters.add(reused=size, files=1)
         return FileEntry(

@@ -29,6 +29,7 @@ from pgwarden.backup.targets import RecoveryTarget
 from pgwarden.config import DrillCheck
 from pgwarden.config_types import format_number
 from pgwarden.errors import PgwardenError
+from pgwarden.lab.net import free_port
 from pgwarden.postgres import sql
 from pgwarden.postgres.conf import InstanceSpec
 from pgwarden.postgres.instance import Instance
@@ -78,14 +79,6 @@ class DrillReport:
 
 def drill_id(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y%m%dT%H%M%SD")
-
-
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def check_value(check: DrillCheck, value: Any) -> tuple[bool, str]:
@@ -165,7 +158,7 @@ class Drill:
         report.restore_s = round(time.monotonic() - started, 3)
         report.downloaded_bytes = result.downloaded_bytes
         report.restored_bytes = result.written_bytes
-        port = _free_port()
+        port = free_port("127.0.0.1")
         with (data_dir / "postgresql.auto.conf").open("a") as auto:
             # Never archive, never clash with the production instance on this host.
             auto.write(
