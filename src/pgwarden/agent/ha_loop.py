@@ -63,8 +63,10 @@ class HaLoop:
         executor: Executor,
         memory: LocalMemory,
         archive_status: Callable[[], dict[str, Any] | None] = lambda: None,
+        on_tick: Callable[[TickResult], None] = lambda _result: None,
     ) -> None:
         self.me = me
+        self.on_tick = on_tick  # after every completed tick (systemd readiness and status)
         self.archive_status = archive_status
         self.api_url = api_url
         self.tags = tags
@@ -245,6 +247,7 @@ class HaLoop:
             started = time.monotonic()
             try:
                 result = self.tick()
+                self.on_tick(result)
             except Exception as exc:
                 log.exception("ha.tick_failed", error=str(exc))
                 result = None

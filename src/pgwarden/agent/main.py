@@ -13,11 +13,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pgwarden.agent import sdnotify
 from pgwarden.agent.api import ApiServer
 from pgwarden.agent.backups import BackupScheduler, Source
 from pgwarden.agent.control_api import handlers
 from pgwarden.agent.executor import UNKNOWN_LEADER, Executor, LocalMemory
-from pgwarden.agent.ha_loop import HaLoop
+from pgwarden.agent.ha_loop import HaLoop, TickResult
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.postmaster import Postmaster
 from pgwarden.agent.wal import WalService
@@ -172,6 +173,8 @@ class Agent:
             source_address=_source_address(spec.host),
         )
         self.memory = LocalMemory()
+        self._notified_ready = False
+        self._notified_reason = ""
         if (spec.data_dir / "standby.signal").exists():
             # A replica before this agent started: it follows a leader (which one the first
             # tick decides) and has no diverged history to rewind.
@@ -211,6 +214,7 @@ class Agent:
             self.executor,
             self.memory,
             archive_status=self._archive_summary,
+            on_tick=self._ticked,
         )
         self.backups: BackupScheduler | None = None
         self.wal: WalService | None = None
@@ -260,6 +264,17 @@ class Agent:
         status = self.wal.archiver.snapshot()
         keys = ("last_archived", "pending_segments", "lag_seconds", "failing_since", "failed")
         return {key: status[key] for key in keys}
+
+    def _ticked(self, result: TickResult) -> None:
+        """Readiness for systemd (Type=notify): the first completed tick means the store
+        session is up, the API listens (started before the loop) and this member has
+        registered and acted on the cluster; later ticks update the status line."""
+        if not self._notified_ready:
+            self._notified_ready = True
+            sdnotify.ready(result.reason)
+        elif result.reason != self._notified_reason:
+            sdnotify.status(result.reason)
+        self._notified_reason = result.reason
 
     def _promoted(self, timeline: int) -> None:
         if self.wal is not None:
@@ -380,6 +395,7 @@ class Agent:
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("agent.stopping", signal=signal.Signals(signum).name)
+            sdnotify.stopping("stopping PostgreSQL, then handing the leader lease over")
             stop.set()
             self.loop.stopping.set()
             self.loop.wake.set()
