@@ -66,6 +66,7 @@ __all__ = [
     "DcsSettings",
     "DrillCheck",
     "DrillSettings",
+    "EventSettings",
     "FsStorage",
     "HaSettings",
     "PostgresSettings",
@@ -371,6 +372,13 @@ class DrillSettings(_Section):
     # Restore drills weekly, Sunday 03:00 UTC; null turns scheduled drills off.
     schedule: Cron | None = "0 3 * * 0"
     checks: tuple[DrillCheck, ...] = ()
+    # The member that runs scheduled drills (a replica or a dedicated drill host); null:
+    # the running, streaming replica with the lowest name (the primary only when alone).
+    member: Name | None = None
+    # Where the scratch instance is restored; null: the system's temp directory.
+    scratch_dir: AbsolutePath | None = None
+    # A drill still running after this long is stopped and reported failed.
+    max_duration: Seconds = Field(default=4 * 3600, gt=0)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
@@ -383,6 +391,31 @@ class DrillSettings(_Section):
         if found:
             raise problems(found)
         return self
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+class EventSettings(_Section):
+    """What the agent does with the cluster events it records, beyond the store."""
+
+    # A program run (without a shell) for each event of `notify_kinds` the agent records,
+    # the event as one JSON object on stdin; null: none.
+    notify_command: tuple[Text, ...] | None = None
+    notify_kinds: tuple[Name, ...] = (
+        "failover", "fence", "drill_failed", "drill_skipped", "backup_failed",
+        "archive_failing", "archive_dropped", "archive_conflict", "archive_backfill_failed",
+    )  # fmt: skip
+    notify_timeout: Seconds = Field(default=30, gt=0)
+
+    @field_validator("notify_command")
+    @classmethod
+    def _argv(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and not value:
+            raise ValueError("must name the program to run (or be null)")
+        if value is not None and not value[0].startswith("/"):
+            raise ValueError(f"must start with an absolute program path, got {value[0]!r}")
+        return value
 
 
 # --- the whole file --------------------------------------------------------------------
@@ -402,6 +435,7 @@ class Settings(_Section):
     backup: BackupSettings = Field(default_factory=BackupSettings)
     wal: WalSettings = Field(default_factory=WalSettings)
     drill: DrillSettings = Field(default_factory=DrillSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
 
     @property
     def slot_name(self) -> str:

@@ -80,6 +80,8 @@ def test_example_file_is_valid_and_uses_every_section() -> None:
     assert settings.storage.sse == "aws:kms"
     assert settings.backup.retention.window_days == 14
     assert len(settings.drill.checks) == 3
+    assert settings.drill.member == "db3"
+    assert settings.events.notify_command == ("/usr/local/bin/pgwarden-page", "--team", "database")
     assert settings.postgres.parameters["shared_buffers"] == "4GB"
     assert settings.api.token_file == Path("/etc/pgwarden/api.token")
 
@@ -251,7 +253,16 @@ def test_effective_config_fills_defaults_and_masks_every_secret() -> None:
         "safety_margin": 1,
     }
     assert effective["backup"]["schedule"] == "0 1 * * *"
-    assert effective["drill"] == {"schedule": "0 3 * * 0", "checks": []}
+    assert effective["drill"] == {
+        "schedule": "0 3 * * 0",
+        "checks": [],
+        "member": None,
+        "scratch_dir": None,
+        "max_duration": 14400,
+    }
+    assert effective["events"]["notify_command"] is None
+    assert effective["events"]["notify_timeout"] == 30
+    assert "drill_failed" in effective["events"]["notify_kinds"]
 
 
 def test_drill_expectations_must_be_satisfiable() -> None:
@@ -270,6 +281,38 @@ def test_drill_expectations_must_be_satisfiable() -> None:
     assert problems_of(with_changes(drill={"checks": checks})) == [
         "drill.checks[1].name: 'rows' is used twice"
     ]
+
+
+def test_drill_scheduling_and_notification_settings_are_checked() -> None:
+    data = with_changes(
+        drill={"member": "db 3", "scratch_dir": "scratch", "max_duration": 0},
+        events={"notify_command": ["notify-send"], "notify_kinds": ["drill failed"],
+                "notify_timeout": -1},
+    )  # fmt: skip
+    assert problems_of(data) == [
+        "drill.member: must start with a letter or digit and contain only letters, digits, "
+        "'_', '.' and '-', got 'db 3'",
+        "drill.scratch_dir: must be an absolute path, got 'scratch'",
+        "drill.max_duration: must be greater than 0 seconds, got 0",
+        "events.notify_command: must start with an absolute program path, got 'notify-send'",
+        "events.notify_kinds[0]: must start with a letter or digit and contain only letters, "
+        "digits, '_', '.' and '-', got 'drill failed'",
+        "events.notify_timeout: must be greater than 0 seconds, got -1",
+    ]
+    assert problems_of(with_changes(events={"notify_command": []})) == [
+        "events.notify_command: must name the program to run (or be null)"
+    ]
+    assert problems_of(with_changes(events={"notify_command": "/bin/notify"})) == [
+        "events.notify_command: must be a list, got '/bin/notify'"
+    ]
+    settings = parse_config(
+        with_changes(
+            drill={"member": "drillhost", "scratch_dir": "/srv/drills", "max_duration": 900},
+            events={"notify_command": ["/usr/local/bin/page", "--team", "db"]},
+        )
+    )
+    assert settings.drill.member == "drillhost" and settings.drill.max_duration == 900
+    assert settings.events.notify_command == ("/usr/local/bin/page", "--team", "db")
 
 
 def test_cron_expressions_are_checked() -> None:
@@ -385,6 +428,7 @@ def test_settings_model_matches_the_documented_sections() -> None:
         "backup",
         "wal",
         "drill",
+        "events",
     ]
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,7 +22,11 @@ from pgwarden.cli.backup_cmd import (
 from pgwarden.cli.common import config_option
 from pgwarden.cli.render import emit_json, fail, output_option, table
 from pgwarden.config import load_config
+from pgwarden.errors import PgwardenError
 from pgwarden.invocation import pgwarden_command
+
+if TYPE_CHECKING:
+    from pgwarden.drill.runner import Drill
 
 _EXIT_CODES = """\b
 Exit codes: 0 the drill passed (or the listing was shown); 1 it failed, or the
@@ -43,16 +51,25 @@ def drill_group() -> None:
 @click.option(
     "--scratch-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where the scratch instance lives (default: the system's temp directory).",
+    help="Where the scratch instance lives (default: drill.scratch_dir, else the system's "
+    "temp directory).",
+)
+@click.option(
+    "--max-duration",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop the drill after this many seconds and report it failed "
+    "(default: drill.max_duration).",
 )
 @output_option
-def run_command(config_path: Path, selector: str, scratch_dir: Path | None, output: str,
-                **targets: Any) -> None:  # fmt: skip
+def run_command(config_path: Path, selector: str, scratch_dir: Path | None,
+                max_duration: float | None, output: str, **targets: Any) -> None:  # fmt: skip
     """Restore a backup into a scratch instance, recover it, check it, and report.
 
     The instance listens on a free loopback port, never archives, and is removed
     afterwards. The report (restore, replay and total time, recovered position, RPO,
-    every check) is stored in the backup storage as drills/<id>.json.
+    every check) is stored in the backup storage as drills/<id>.json. Too little free
+    space in the scratch directory, the time limit or SIGTERM fail the drill with the
+    reason (and still store the report).
     """
     from pgwarden.agent.main import instance_spec  # noqa: PLC0415
     from pgwarden.backup.context import BackupContext  # noqa: PLC0415
@@ -78,9 +95,11 @@ def run_command(config_path: Path, selector: str, scratch_dir: Path | None, outp
     drill = Drill(
         instance_spec(settings), context, manifest, target,
         pgwarden_command(config_path, "wal-fetch", "%f", "%p"),
-        settings.drill.checks, restore_owner(settings), scratch_dir,
+        settings.drill.checks, restore_owner(settings), scratch_dir or settings.drill.scratch_dir,
     )  # fmt: skip
-    report = drill.run().to_json()
+    limit = max_duration if max_duration is not None else settings.drill.max_duration
+    with _stoppable(drill, limit):
+        report = drill.run().to_json()
     key = f"{context.layout.drills_prefix}{report['id']}.json"
     context.store.put(key, json.dumps(report, indent=2).encode())
     if output == "json":
@@ -89,6 +108,33 @@ def run_command(config_path: Path, selector: str, scratch_dir: Path | None, outp
         _summary(report)
     if not report["ok"]:
         raise SystemExit(1)
+
+
+class DrillStoppedError(PgwardenError):
+    """The drill was stopped from outside: its time limit passed, or SIGTERM."""
+
+
+@contextmanager
+def _stoppable(drill: Drill, limit: float) -> Iterator[None]:
+    """Stop the drill (its cleanup still runs) at its time limit or on SIGTERM."""
+
+    from pgwarden.drill.plan import time_verdict  # noqa: PLC0415
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        if drill.finishing:
+            return  # cleanup runs; interrupting it would leave the scratch instance behind
+        if signum == signal.SIGALRM:
+            raise DrillStoppedError(time_verdict(limit, limit).reason)
+        raise DrillStoppedError(f"the drill was stopped by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGALRM, signal.SIGTERM)}
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _summary(report: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from pgwarden.backup.restore import RestoreRequest, RestoreRun
 from pgwarden.backup.targets import RecoveryTarget
 from pgwarden.config import DrillCheck
 from pgwarden.config_types import format_number
+from pgwarden.drill.plan import disk_verdict
 from pgwarden.errors import PgwardenError
 from pgwarden.lab.net import free_port
 from pgwarden.postgres import sql
@@ -116,6 +117,8 @@ class Drill:
         self.checks = checks
         self.owner = owner
         self.scratch_root = scratch_root
+        # Set once cleanup began: a stop request (time limit, SIGTERM) must not interrupt it.
+        self.finishing = False
 
     def run(self) -> DrillReport:
         now = datetime.now(UTC)
@@ -125,7 +128,18 @@ class Drill:
                     "action": self.target.action},
             started_at=now.isoformat(),
         )  # fmt: skip
-        scratch = Path(tempfile.mkdtemp(prefix="pgwarden-drill-", dir=self.scratch_root))
+        root = self.scratch_root or Path(tempfile.gettempdir())
+        try:
+            room = disk_verdict(shutil.disk_usage(root).free, self.manifest.db_bytes, str(root))
+        except OSError as exc:
+            report.error = f"cannot use the scratch directory {root}: {exc.strerror}"
+        else:
+            report.error = None if room.ok else room.reason
+        if report.error is not None:
+            self.finishing = True
+            report.finished_at = datetime.now(UTC).isoformat()
+            return report
+        scratch = Path(tempfile.mkdtemp(prefix="pgwarden-drill-", dir=root))
         if self.owner is not None:
             os.chown(scratch, *self.owner)
         instance: Instance | None = None
@@ -140,6 +154,7 @@ class Drill:
         except (PgwardenError, OSError) as exc:
             report.error = str(exc)
         finally:
+            self.finishing = True
             if instance is not None:
                 instance.stop("immediate")
             shutil.rmtree(scratch, ignore_errors=True)
