@@ -11,6 +11,7 @@ is what the path asks for, 503 otherwise, with a JSON body either way.
 - GET /readiness: the primary holding the lease, or a replica that replays
 - GET /status: this member, observed now (peers use it to compare WAL positions)
 - GET /cluster, /history: the last store snapshot
+- GET /metrics: Prometheus text format, read from the live status on each scrape
 
 Control endpoints need `Authorization: Bearer <token>` with the token from
 `api.token_file`; without a token file they are off (403). POST /switchover, /failover,
@@ -31,6 +32,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from pgwarden.agent.metrics import registry_for
 from pgwarden.logs import get_logger
 
 log = get_logger("api")
@@ -51,8 +55,10 @@ class ApiServer:
         control: Mapping[str, Callable[[dict[str, Any]], tuple[int, Any]]] | None = None,
         token: str | None = None,
         tls: tuple[str, str] | None = None,
+        metrics: Callable[[], Status] | None = None,
     ) -> None:
         self._status = status
+        self._metrics = None if metrics is None else registry_for(metrics)
         self._live = live_status
         self._cluster = cluster
         self._control = dict(control or {})
@@ -102,6 +108,9 @@ class ApiServer:
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         path = url.path.rstrip("/") or "/"
+        if path == "/metrics" and self._metrics is not None:
+            self._send_metrics(request, self._metrics)
+            return
         try:
             code, body = self.route(path, query)
         except Exception as exc:
@@ -143,6 +152,18 @@ class ApiServer:
         payload = json.dumps(body, default=str).encode()
         request.send_response(code)
         request.send_header("Content-Type", "application/json")
+        request.send_header("Content-Length", str(len(payload)))
+        request.end_headers()
+        request.wfile.write(payload)
+
+    def _send_metrics(self, request: BaseHTTPRequestHandler, registry: CollectorRegistry) -> None:
+        try:
+            payload, code = generate_latest(registry), 200
+        except Exception as exc:
+            log.exception("api.error", path="/metrics")
+            payload, code = f"metrics failed: {exc}\n".encode(), 503
+        request.send_response(code)
+        request.send_header("Content-Type", CONTENT_TYPE_LATEST if code == 200 else "text/plain")
         request.send_header("Content-Length", str(len(payload)))
         request.end_headers()
         request.wfile.write(payload)

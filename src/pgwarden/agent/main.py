@@ -20,6 +20,7 @@ from pgwarden.agent.control_api import handlers
 from pgwarden.agent.executor import UNKNOWN_LEADER, Executor, LocalMemory
 from pgwarden.agent.ha_loop import HaLoop, TickResult
 from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.agent.metrics import StoredSummary, read_stored_summary
 from pgwarden.agent.postmaster import Postmaster
 from pgwarden.agent.wal import WalService
 from pgwarden.config import Settings, read_password
@@ -242,7 +243,11 @@ class Agent:
             control=handlers(self),
             token=_read_token(settings.api.token_file),
             tls=tls,
+            metrics=self.metrics_status,
         )
+        self.stored: StoredSummary | None = None
+        if config_path is not None:
+            self.stored = StoredSummary(self._read_stored)
 
     # ----------------------------------------------------------------- callbacks
     def _wake(self) -> None:
@@ -353,6 +358,10 @@ class Agent:
             "lag_bytes": 0 if role == "primary" else lag,
             "leader": cluster.leader.name if cluster.leader else None,
             "holds_lease": lease_fresh,
+            "lease_seconds_left": round(deadline - time.monotonic(), 3)
+            if lease_fresh and deadline is not None
+            else None,
+            "replay_time": seen.replay_timestamp if seen else None,
             "paused": config.paused,
             "decision": last.reason,
             "ticked_at": self.loop.ticked_at,
@@ -360,6 +369,21 @@ class Agent:
             "backup": None if self.backups is None else self.backups.status(),
             "wal": None if self.wal is None else self.wal.snapshot(),
         }
+
+    def metrics_status(self) -> dict[str, Any]:
+        """What /metrics reports: the status, the cluster's failovers, the newest backup
+        and drill in storage (read in the background) and the drill scheduler's state."""
+        return {
+            **self.status(),
+            "cluster": self.settings.cluster,
+            "failovers": len(self.loop.cluster.history),
+            "stored": None if self.stored is None else self.stored.get(),
+        }
+
+    def _read_stored(self) -> dict[str, Any]:
+        from pgwarden.backup.context import BackupContext  # noqa: PLC0415
+
+        return read_stored_summary(BackupContext.from_settings(self.settings))
 
     def live_status(self) -> dict[str, Any]:
         """Observed now, not at the last tick: peers compare WAL positions with it."""
