@@ -11,6 +11,10 @@ fi
 if ! command -v iptables >/dev/null 2>&1 && [ ! -x /usr/sbin/iptables ]; then
     missing+=(iptables)
 fi
+# systemd-analyze checks the units in systemd/ (tests/packaging); no running systemd needed.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    missing+=(systemd)
+fi
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     missing+=(postgresql postgresql-contrib)
 fi
