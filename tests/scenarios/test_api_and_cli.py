@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from pgwarden.lab import Lab, LabSpec, agents, scratch_directory
 from pgwarden.lab.ha import HaCluster
@@ -87,6 +89,47 @@ def test_cluster_history_and_status_endpoints(cluster: HaCluster) -> None:
     assert code == 200 and isinstance(status, dict)
     assert status["in_recovery"] is True
     assert status["wal_position"] is not None
+
+
+def scrape(cluster: HaCluster, member: str) -> dict[tuple[str, str], float]:
+    """GET /metrics of `member`, parsed: (sample name, role label or "") -> value."""
+    url = f"{cluster.lab.agent_url(member)}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            assert sample.labels["cluster"] == "lab"
+            assert sample.labels["member"] == member
+            found[(sample.name, sample.labels.get("role", ""))] = sample.value
+    return found
+
+
+def test_metrics_say_who_is_primary_and_how_far_replicas_lag(cluster: HaCluster) -> None:
+    primary = cluster.wait_converged()
+    replica = next(n for n in cluster.names() if n != primary)
+    on_primary = scrape(cluster, primary)
+    assert on_primary[("pgwarden_role", "primary")] == 1
+    assert on_primary[("pgwarden_role", "replica")] == 0
+    assert on_primary[("pgwarden_leader", "")] == 1
+    assert on_primary[("pgwarden_lease_seconds_left", "")] > 0
+    assert on_primary[("pgwarden_postgres_up", "")] == 1
+    assert on_primary[("pgwarden_timeline", "")] >= 1
+    assert on_primary[("pgwarden_failovers_total", "")] == 0
+    assert ("pgwarden_archive_pending_segments", "") in on_primary
+    on_replica = scrape(cluster, replica)
+    assert on_replica[("pgwarden_role", "replica")] == 1
+    assert on_replica[("pgwarden_leader", "")] == 0
+    assert on_replica[("pgwarden_replication_lag_bytes", "")] >= 0
+    assert ("pgwarden_lease_seconds_left", "") not in on_replica
+    # Backups and drills come from storage, read in the background after the first scrape.
+    deadline = time.monotonic() + 5
+    while ("pgwarden_backups", "") not in on_replica and time.monotonic() < deadline:
+        time.sleep(0.1)
+        on_replica = scrape(cluster, replica)
+    assert on_replica[("pgwarden_backups", "")] == 0
+    assert on_replica[("pgwarden_storage_summary_ok", "")] == 1
 
 
 def test_list_shows_every_member_with_its_role_and_decision(cluster: HaCluster) -> None:
