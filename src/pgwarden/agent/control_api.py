@@ -1,5 +1,6 @@
 """Handlers of the agent's control endpoints (POST /switchover, /failover, /restart,
-/reload, /reinitialize, /backup). Each takes the JSON body and returns (HTTP status, JSON body)."""
+/reload, /reinitialize, /backup, /drill). Each takes the JSON body and returns (HTTP
+status, JSON body)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pgwarden.agent.drills import drill_handler
 from pgwarden.cli.dynamic_cmd import update_config
 from pgwarden.control import Refused, plan_failover, plan_switchover
 from pgwarden.dcs.base import StoreError
@@ -140,6 +142,7 @@ def handlers(agent: Agent) -> dict[str, Handler]:
     return {
         "PATCH /config": _patch_config(agent),
         "/backup": backup,
+        "/drill": drill_handler(agent),
         "/switchover": lambda body: request("switchover", body),
         "/failover": lambda body: request("failover", body),
         "/restart": restart,

@@ -70,8 +70,10 @@ class Executor:
         replica_methods: Sequence[str] = ("basebackup",),
         restore_backup: RestoreBackup | None = None,
         on_promoted: Callable[[int], None] | None = None,
+        event: Callable[[str, dict[str, object]], None] | None = None,
     ) -> None:
         self.me = me
+        self._record_event = event
         self.replica_methods = tuple(replica_methods)
         self.restore_backup = restore_backup
         self.on_promoted = on_promoted
@@ -358,6 +360,9 @@ class Executor:
         return True
 
     def _event(self, kind: str, data: dict[str, object]) -> None:
+        if self._record_event is not None:
+            self._record_event(kind, data)  # the agent's: stored, then notified
+            return
         try:
             self.store.add_event(kind, data)
         except StoreError as exc:

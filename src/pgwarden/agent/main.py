@@ -17,10 +17,12 @@ from pgwarden.agent import sdnotify
 from pgwarden.agent.api import ApiServer
 from pgwarden.agent.backups import BackupScheduler, Source
 from pgwarden.agent.control_api import handlers
+from pgwarden.agent.drills import DrillScheduler
 from pgwarden.agent.executor import UNKNOWN_LEADER, Executor, LocalMemory
 from pgwarden.agent.ha_loop import HaLoop, TickResult
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.metrics import StoredSummary, read_stored_summary
+from pgwarden.agent.notify import notifier_for
 from pgwarden.agent.postmaster import Postmaster
 from pgwarden.agent.wal import WalService
 from pgwarden.config import Settings, read_password
@@ -202,6 +204,7 @@ class Agent:
             replica_methods=settings.postgres.create_replica_methods,
             restore_backup=self.restore_latest_backup,
             on_promoted=self._promoted,
+            event=self.record_event,
         )
         tags = Tags(settings.tags.nofailover, settings.tags.nosync, settings.tags.failover_priority)
         self.loop = HaLoop(
@@ -217,7 +220,9 @@ class Agent:
             archive_status=self._archive_summary,
             on_tick=self._ticked,
         )
+        self.notifier = notifier_for(settings)
         self.backups: BackupScheduler | None = None
+        self.drills: DrillScheduler | None = None
         self.wal: WalService | None = None
         if config_path is not None:
             if settings.wal.archive:
@@ -234,6 +239,12 @@ class Agent:
                 source=self.backup_source,
                 event=self.record_event,
             )
+            self.drills = DrillScheduler(
+                config_path=config_path, member=self.me, schedule=settings.drill.schedule,
+                configured_member=settings.drill.member,
+                max_duration=settings.drill.max_duration,
+                cluster=lambda: self.loop.cluster, event=self.record_event,
+            )  # fmt: skip
         self.api = ApiServer(
             api_host,
             api_port,
@@ -262,6 +273,7 @@ class Agent:
             self.store.add_event(kind, data)
         except StoreError as exc:
             log.warning("event.not_recorded", kind=kind, error=str(exc))
+        self.notifier.publish(kind, data)
 
     def _archive_summary(self) -> dict[str, Any] | None:
         if self.wal is None:
@@ -367,6 +379,7 @@ class Agent:
             "ticked_at": self.loop.ticked_at,
             "loop_wait": config.loop_wait,
             "backup": None if self.backups is None else self.backups.status(),
+            "drill": None if self.drills is None else self.drills.status(),
             "wal": None if self.wal is None else self.wal.snapshot(),
         }
 
@@ -398,6 +411,7 @@ class Agent:
             "timeline": seen.timeline if seen else None,
             "wal_position": str(position) if position is not None else None,
             "backup": None if self.backups is None else self.backups.status(),
+            "drill": None if self.drills is None else self.drills.status(),
             "wal": None if self.wal is None else self.wal.snapshot(),
         }
 
@@ -435,6 +449,9 @@ class Agent:
         self.api.start()
         if self.backups is not None:
             self.backups.start()
+        if self.drills is not None:
+            self.drills.start()
+        self.notifier.start()
         log.info("agent.started", api=self.api_url, fence_pid=self.fence.pid)
         try:
             self.loop.run()
@@ -447,6 +464,8 @@ class Agent:
         holds = self.keeper.snapshot().holds
         if self.backups is not None:
             self.backups.stop()
+        if self.drills is not None:
+            self.drills.stop()
         try:
             if self.postmaster.pid is not None:
                 self.postmaster.stop("fast")
@@ -462,6 +481,7 @@ class Agent:
         if self.wal is not None:
             self.wal.stop()
         self.fence.close()
+        self.notifier.stop()
         self.store.stop()
         self.api.stop()
         log.info("agent.stopped")
