@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from pgwarden.invocation import pgwarden_command
 from pgwarden.lab import Lab, LabSpec, scratch_directory
 from pgwarden.lab.ha import HaCluster
 from pgwarden.wal.names import kind_of
@@ -88,21 +90,15 @@ def pgbench(lab: Lab, member: str, seconds: int, scale: int) -> None:
                    check=True, capture_output=True)  # fmt: skip
 
 
-def fetch_all(
-    config: Path, socket: str | None, names: list[str], into: Path
-) -> tuple[float, float]:
-    """Fetch each name in order, one process per name as PostgreSQL does: (segments/s,
-    median milliseconds per call)."""
+def fetch_all(command: str, names: list[str], into: Path) -> tuple[float, float]:
+    """Run restore_command `command` for each name in order, one shell per name as
+    PostgreSQL does: (segments/s, median milliseconds per call)."""
     started = time.monotonic()
     calls = []
     for name in names:
-        argv = [sys.executable, "-m", "pgwarden", "wal-fetch", "-c", str(config)]
-        if socket:
-            argv += ["--socket", socket]
+        filled = command.replace("%f", name).replace("%p", shlex.quote(str(into / "RECOVERYXLOG")))
         call = time.monotonic()
-        done = subprocess.run(
-            [*argv, name, str(into / "RECOVERYXLOG")], capture_output=True, check=False
-        )
+        done = subprocess.run(["/bin/sh", "-c", filled], capture_output=True, check=False)
         calls.append((time.monotonic() - call) * 1000)
         if done.returncode != 0:
             raise RuntimeError(f"wal-fetch {name} failed: {done.stderr.decode().strip()}")
@@ -145,14 +141,18 @@ def run(seconds: int, scale: int, direct_sample: int) -> dict[str, Any]:
         archived = sorted(watcher.done_at)
         with urllib.request.urlopen(lab.agent_url(primary) + "/status", timeout=5) as answer:
             wal_status = json.load(answer).get("wal") or {}
-        config = lab.agent_config_path(primary)
-        socket = str(data_dir.with_name(data_dir.name + ".wal.sock"))
-        with tempfile.TemporaryDirectory() as scratch:
-            log(f"fetching {len(archived)} segments through the agent")
-            through_agent, agent_call_ms = fetch_all(config, socket, archived, Path(scratch))
+        with lab.connect(primary, autocommit=True) as conn:
+            # What the agent configured, as PostgreSQL runs it.
+            restore_command = conn.execute("SHOW restore_command").fetchone()[0]
+        direct_command = pgwarden_command(lab.agent_config_path(primary), "wal-fetch", "%f", "%p")
+        with tempfile.TemporaryDirectory(dir=data_dir.parent) as scratch:
+            log(f"fetching {len(archived)} segments through the agent: {restore_command}")
+            through_agent, agent_call_ms = fetch_all(restore_command, archived, Path(scratch))
             sample = archived[:direct_sample]
             log(f"fetching {len(sample)} segments directly")
-            direct, direct_call_ms = fetch_all(config, None, sample, Path(scratch))
+            direct, direct_call_ms = fetch_all(direct_command, sample, Path(scratch))
+        with urllib.request.urlopen(lab.agent_url(primary) + "/status", timeout=5) as answer:
+            fetch_status = (json.load(answer).get("wal") or {}).get("fetch")
         return {
             "seconds": seconds,
             "scale": scale,
@@ -165,6 +165,7 @@ def run(seconds: int, scale: int, direct_sample: int) -> dict[str, Any]:
             "precompressed": wal_status.get("precompressed"),
             "fetch_segments_per_s": round(through_agent, 1),
             "fetch_call_ms_p50": round(agent_call_ms, 1),
+            "fetch_agent": fetch_status,  # served, and how many from the prefetched spool
             "fetch_direct_segments_per_s": round(direct, 1),
             "fetch_direct_call_ms_p50": round(direct_call_ms, 1),
         }

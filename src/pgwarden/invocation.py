@@ -14,3 +14,20 @@ def pgwarden_command(config_path: Path, command: str, *args: str) -> str:
     configuration path is absolute (archive_command runs in the data directory)."""
     argv = [sys.executable, "-m", "pgwarden", command, "-c", str(config_path.absolute())]
     return shlex.join([*argv, *args])
+
+
+def wal_client_command(config_path: Path, command: str, socket: str, *args: str) -> str:
+    """archive_command / restore_command through the agent's socket: the standard-library
+    client run as a script by `python -I -S`, which skips site-packages and `-m`'s runpy
+    (12 ms a call here instead of 27 ms). Without an agent the client hands over to the
+    full CLI (`python -m pgwarden`), so the configuration path rides along."""
+    client = Path(__file__).resolve().parent / "wal" / "client.py"
+    argv = [sys.executable, "-I", "-S", str(client), command, "--socket", socket]
+    return shlex.join([*argv, "-c", str(config_path.absolute()), *args])
+
+
+def wal_restore_command(config_path: Path, socket: str, spool: Path) -> str:
+    """restore_command through the agent: a segment its fetcher prefetched into `spool` is
+    taken with a plain `mv` (no Python at all); anything else goes to the client."""
+    taken = f"mv -f {shlex.quote(str(spool))}/%f %p 2>/dev/null"
+    return f"{taken} || exec {wal_client_command(config_path, 'wal-fetch', socket, '%f', '%p')}"

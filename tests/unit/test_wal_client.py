@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from pgwarden.invocation import wal_client_command, wal_restore_command
 from pgwarden.wal import client
 
 SEGMENT = "000000010000000000000003"
@@ -308,3 +309,60 @@ def test_the_pgwarden_program_reports_a_missing_segment_with_exit_1(agent: FakeA
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
     assert (result.returncode, result.stdout, result.stderr) == (1, "", "")
+
+
+def _as_postgres_runs_it(command: str) -> subprocess.CompletedProcess[str]:
+    """`command` (archive_command or restore_command with %f/%p filled in) through a shell."""
+    return subprocess.run(
+        ["/bin/sh", "-c", command], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_the_agents_archive_command_asks_the_agent_without_site_packages(
+    agent: FakeAgent, tmp_path: Path
+) -> None:
+    wal = tmp_path / SEGMENT
+    wal.write_bytes(b"wal")
+    command = wal_client_command(tmp_path / "pgwarden.yml", "wal-push", sock(agent), str(wal))
+    assert " -I -S " in command  # no site-packages, no runpy: half the start-up
+    result = _as_postgres_runs_it(command)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert agent.requests == [["push", str(wal)]]
+
+
+def test_the_agents_restore_command_falls_back_to_the_full_cli_without_an_agent(
+    tmp_path: Path,
+) -> None:
+    # No agent listens: the script hands over to `python -m pgwarden`, which reads the
+    # configuration and answers with its own sentence (the file does not exist).
+    config = tmp_path / "missing.yml"
+    dest = tmp_path / "RECOVERYXLOG"
+    command = wal_client_command(
+        config, "wal-fetch", str(tmp_path / "none.sock"), SEGMENT, str(dest)
+    )
+    result = _as_postgres_runs_it(command)
+    assert result.returncode != 0
+    assert str(config) in result.stderr
+    assert not dest.exists()
+
+
+def test_the_agents_restore_command_takes_a_prefetched_segment_without_asking(
+    agent: FakeAgent, tmp_path: Path
+) -> None:
+    spool = tmp_path / "data.wal-spool"
+    spool.mkdir()
+    (spool / SEGMENT).write_bytes(b"prefetched")
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    command = wal_restore_command(tmp_path / "pgwarden.yml", sock(agent), spool)
+    filled = command.replace("%f", SEGMENT).replace("%p", str(pg_wal / "RECOVERYXLOG"))
+    result = _as_postgres_runs_it(filled)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert (pg_wal / "RECOVERYXLOG").read_bytes() == b"prefetched"
+    assert not (spool / SEGMENT).exists()
+    assert agent.requests == []
+    # Not in the spool: the client asks the agent, which has it nowhere either.
+    agent.answer("missing")
+    result = _as_postgres_runs_it(filled)
+    assert (result.returncode, result.stderr) == (1, "")
+    assert agent.requests == [["fetch", SEGMENT, str(pg_wal / "RECOVERYXLOG")]]

@@ -137,7 +137,7 @@ def make_fetcher(wal: WalArchive, spool: Path) -> Iterator[Callable[..., Fetcher
 
 
 def spooled(spool: Path) -> set[str]:
-    return {path.name for path in spool.iterdir()} if spool.is_dir() else set()
+    return {path.name for path in spool.iterdir() if path.is_file()} if spool.is_dir() else set()
 
 
 # --- serving restore_command ------------------------------------------------------------
@@ -387,3 +387,32 @@ def test_the_spool_drops_segments_replay_has_passed(
     # Recovery restarted from a later backup: it asks for segment 8 next.
     assert fetcher.fetch(seg(1, 8), pg_wal / "RECOVERYXLOG")
     wait_for(lambda: spooled(spool) == {seg(1, 9), seg(1, 10)})
+
+
+def test_a_segment_restore_command_took_with_mv_moves_the_prefetch_on(
+    make_fetcher: Callable[..., Fetcher],
+    archived: Callable[..., dict[str, bytes]],
+    pg_wal: Path,
+    spool: Path,
+) -> None:
+    contents = archived(*(seg(1, n) for n in range(1, 8)))
+    fetcher = make_fetcher(depth=3)
+    assert fetcher.fetch(seg(1, 1), pg_wal / "RECOVERYXLOG")
+    wait_for(lambda: spooled(spool) == {seg(1, 2), seg(1, 3), seg(1, 4)})
+    # restore_command's `mv` takes the next two without asking the fetcher.
+    for n in (2, 3):
+        (spool / seg(1, n)).replace(pg_wal / "RECOVERYXLOG")
+        assert (pg_wal / "RECOVERYXLOG").read_bytes() == contents[seg(1, n)]
+    wait_for(lambda: spooled(spool) == {seg(1, 4), seg(1, 5), seg(1, 6)})
+    assert fetcher.snapshot() == {"served": 3, "prefetch_hits": 2}
+
+
+def test_the_spool_starts_empty(
+    make_fetcher: Callable[..., Fetcher], pg_wal: Path, spool: Path
+) -> None:
+    # Left by an earlier run, perhaps of a cluster since bootstrapped again: never served.
+    spool.mkdir()
+    (spool / seg(1, 2)).write_bytes(b"stale")
+    fetcher = make_fetcher(depth=3)
+    assert spooled(spool) == set()
+    assert fetcher.fetch(seg(1, 2), pg_wal / "RECOVERYXLOG") is False

@@ -24,14 +24,14 @@ from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.metrics import StoredSummary, read_stored_summary
 from pgwarden.agent.notify import notifier_for
 from pgwarden.agent.postmaster import Postmaster
-from pgwarden.agent.wal import WalService
+from pgwarden.agent.wal import WalService, wal_spool_path
 from pgwarden.config import Settings, read_password
 from pgwarden.config_types import split_host_port
 from pgwarden.dcs.base import SessionState, StoreError
 from pgwarden.dcs.zookeeper import ZooKeeperStore
 from pgwarden.errors import PgwardenError
 from pgwarden.ha.fence import FenceClient
-from pgwarden.invocation import pgwarden_command
+from pgwarden.invocation import wal_client_command, wal_restore_command
 from pgwarden.logs import bind_identity, get_logger
 from pgwarden.model import DynamicConfig, PgState, SyncMode, Tags
 from pgwarden.peers import configure_tls
@@ -86,10 +86,10 @@ def instance_spec(settings: Settings, config_path: Path | None = None) -> Instan
         replication_password=read_password(pg.replication) or "",
         parameters={k: _render(v) for k, v in pg.parameters.items()},
         archive_command=(
-            pgwarden_command(archive, "wal-push", "--socket", socket, "%p") if archive else None
+            wal_client_command(archive, "wal-push", socket, "%p") if archive else None
         ),
         restore_command=(
-            pgwarden_command(archive, "wal-fetch", "--socket", socket, "%f", "%p")
+            wal_restore_command(archive, socket, wal_spool_path(Path(pg.data_dir)))
             if archive
             else None
         ),

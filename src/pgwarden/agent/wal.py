@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 log = get_logger("agent.wal")
 
 
+def wal_spool_path(data_dir: Path) -> Path:
+    """Where the fetcher keeps prefetched WAL: beside the data directory, never in it."""
+    return data_dir.with_name(data_dir.name + ".wal-spool")
+
+
 class WalService:
     def __init__(
         self,
@@ -54,7 +59,7 @@ class WalService:
         )
         self.fetcher = Fetcher(
             context.wal,
-            data_dir.with_name(data_dir.name + ".wal-spool"),
+            wal_spool_path(data_dir),
             segment_size=self.segment_size,
             owner=owner,
         )

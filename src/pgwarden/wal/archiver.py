@@ -23,6 +23,7 @@ from typing import Any
 from pgwarden.errors import PgwardenError
 from pgwarden.logs import get_logger
 from pgwarden.wal.archive import ArchiveConflictError, WalArchive
+from pgwarden.wal.dirwatch import DirectoryWatch
 from pgwarden.wal.names import kind_of
 from pgwarden.wal.precompress import Precompressor
 
@@ -92,6 +93,9 @@ class Archiver:
         self._retry_delay: dict[str, float] = {}
         self._pending: dict[str, float] = {}  # ready name -> when we first saw it
         self._stop = threading.Event()
+        # Wakes the scan the moment PostgreSQL writes a .ready marker; the precompressor's
+        # pages are still looked at every POLL_INTERVAL.
+        self._marker_watch = DirectoryWatch(self.status_dir)
         self._thread = threading.Thread(target=self._watch, name="archiver-watch", daemon=True)
 
     # --- lifecycle --------------------------------------------------------------------
@@ -102,6 +106,7 @@ class Archiver:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        self._marker_watch.close()
         # Not waiting: an upload hanging on unreachable storage must not hold up shutdown.
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -168,7 +173,7 @@ class Archiver:
                 self._check_health()
             except OSError as exc:  # pg_wal not there yet (a replica being created)
                 log.debug("archiver.scan_failed", reason=str(exc))
-            self._stop.wait(POLL_INTERVAL)
+            self._marker_watch.wait(POLL_INTERVAL)
 
     def _scan(self) -> None:
         markers = [entry.name for entry in self.status_dir.iterdir()]

@@ -83,7 +83,13 @@ def ask(socket_path: str, request: list[str]) -> list[str]:
 
 
 def _direct(command: str, argv: list[str]) -> int:
-    from pgwarden.cli.main import main as cli_main  # noqa: PLC0415 - the slow path
+    try:
+        from pgwarden.cli.main import main as cli_main  # noqa: PLC0415 - the slow path
+    except ImportError:
+        # Run as a script by `python -I -S` (the agent's archive_command and
+        # restore_command): the full CLI needs site-packages, so a normal interpreter
+        # takes over this process.
+        os.execv(sys.executable, [sys.executable, "-m", "pgwarden", command, *argv])  # noqa: S606
 
     sys.argv = ["pgwarden", command, *argv]
     try:
@@ -118,3 +124,7 @@ def run(command: str, argv: list[str]) -> int:
     reason = answer[1] if len(answer) > 1 and answer[1] else "the agent failed without a reason"
     sys.stderr.write(f"error: {reason}\n")
     return EXIT_FAILED
+
+
+if __name__ == "__main__":  # `python -I -S .../client.py wal-push ...`: see invocation.py
+    raise SystemExit(run(sys.argv[1], sys.argv[2:]))

@@ -8,12 +8,18 @@ sets the pace. A name that is not archived is answered "missing" at once: Postgr
 for the segment after the end of the archive as a matter of course. The spool lives
 beside the data directory, never in pg_wal, and only holds files newer than the last one
 served.
+
+A prefetched file appears in the spool only complete and owned by PostgreSQL's user (it is
+downloaded into `.incoming/` and renamed), so restore_command takes it with a plain `mv`
+before it starts the Python client at all (see `invocation.wal_client_command`), like
+pgBackRest's asynchronous spool. The fetcher notices such a file gone and prefetches on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +33,10 @@ from pgwarden.wal.names import kind_of, parse_history_file_name, parse_segment_n
 log = get_logger("wal.fetcher")
 
 DEPTH = 8
+INCOMING = ".incoming"
+# How often the spool is looked at, while it holds prefetched files, for ones restore_command
+# took with `mv`.
+TAKEN_POLL = 0.01
 
 
 class Fetcher:
@@ -43,15 +53,31 @@ class Fetcher:
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[bool]] = {}
         self._timelines: set[int] = set()
+        self._placed: set[str] = set()  # in the spool for restore_command to take
+        self._wake = threading.Event()
+        self._stop = threading.Event()
         self.served = 0
         self.prefetched_hits = 0
+        self._clear_spool()
+        self._watcher = threading.Thread(target=self._watch_taken, name="fetcher-watch",
+                                         daemon=True)  # fmt: skip
+        self._watcher.start()
 
     @property
     def segment_size(self) -> int:
         return self._segment_size()
 
     def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._watcher.join(timeout=5)
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _clear_spool(self) -> None:
+        """Start empty: files left by an earlier run may belong to an archive since replaced
+        (a cluster bootstrapped again under the same name)."""
+        if self.spool.is_dir():
+            shutil.rmtree(self.spool)
 
     def snapshot(self) -> dict[str, Any]:
         return {"served": self.served, "prefetch_hits": self.prefetched_hits}
@@ -65,7 +91,10 @@ class Fetcher:
         if kind == "history":
             with self._lock:
                 self._timelines.add(parse_history_file_name(name))
-        self._hand_over(name, dest)
+        try:
+            self._hand_over(name, dest)
+        except FileNotFoundError:  # restore_command took it meanwhile: download it again
+            return self.fetch(name, dest)
         self.served += 1
         if kind == "segment":
             self._prefetch_after(name)
@@ -102,11 +131,26 @@ class Fetcher:
                 self._inflight.pop(name, None)
 
     def _download(self, name: str) -> bool:
-        self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return self.archive.fetch(name, self._spooled(name))
+        incoming = self.spool / INCOMING
+        if not incoming.is_dir():
+            incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.owner is not None:  # restore_command (PostgreSQL's user) moves files out
+                os.chown(self.spool, *self.owner)
+        temp = incoming / name
+        if not self.archive.fetch(name, temp):
+            return False
+        if self.owner is not None:  # before it shows: an agent run as root serves postgres
+            os.chown(temp, *self.owner)
+        with self._lock:
+            temp.replace(self._spooled(name))
+            self._placed.add(name)
+            self._wake.set()
+        return True
 
     def _hand_over(self, name: str, dest: Path) -> None:
         source = self._spooled(name)
+        with self._lock:
+            self._placed.discard(name)
         try:
             source.replace(dest)
         except OSError:  # another file system: copy, then drop ours
@@ -151,4 +195,35 @@ class Fetcher:
                 continue
             _, number = parse_segment_name(path.name, self.segment_size)
             if number <= segno:
+                with self._lock:
+                    self._placed.discard(path.name)
                 path.unlink(missing_ok=True)
+
+    def _watch_taken(self) -> None:
+        """While prefetched files wait in the spool, notice the ones restore_command took
+        with `mv` and prefetch past them, as if they had been asked for here."""
+        while not self._stop.is_set():
+            with self._lock:
+                placed = set(self._placed)  # before listing: a file placed later is not gone
+                if not placed:
+                    self._wake.clear()
+            if not placed:
+                self._wake.wait()
+                continue
+            try:
+                present = {entry.name for entry in self.spool.iterdir()}
+            except OSError:
+                present = set()
+            with self._lock:
+                taken = sorted(n for n in placed - present if n in self._placed)
+                self._placed.difference_update(taken)
+                self.served += len(taken)
+                self.prefetched_hits += len(taken)
+            segments = [name for name in taken if kind_of(name) == "segment"]
+            if segments:
+                self._prefetch_after(max(segments, key=self._position))
+            self._stop.wait(TAKEN_POLL)
+
+    def _position(self, name: str) -> tuple[int, int]:
+        timeline, segno = parse_segment_name(name, self.segment_size)
+        return segno, timeline

@@ -1,0 +1,74 @@
+"""The archiver's wake-up: a file appearing in archive_status ends the wait at once."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgwarden.wal.dirwatch import DirectoryWatch
+
+
+@pytest.fixture
+def status_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "archive_status"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def watch(status_dir: Path) -> Iterator[DirectoryWatch]:
+    watcher = DirectoryWatch(status_dir)
+    yield watcher
+    watcher.close()
+
+
+def create_soon(path: Path) -> threading.Timer:
+    timer = threading.Timer(0.05, path.write_text, args=("",))
+    timer.start()
+    return timer
+
+
+def test_a_new_marker_ends_the_wait(watch: DirectoryWatch, status_dir: Path) -> None:
+    assert watch.wait(0.01) is False  # nothing yet
+    assert watch.active
+    timer = create_soon(status_dir / "000000010000000000000001.ready")
+    # A wait of a minute returns as soon as the marker exists.
+    assert watch.wait(60) is True
+    timer.join()
+    assert (status_dir / "000000010000000000000001.ready").exists()
+
+
+def test_a_marker_renamed_into_place_ends_the_wait(
+    watch: DirectoryWatch, status_dir: Path, tmp_path: Path
+) -> None:
+    watch.wait(0)
+    (tmp_path / "x.ready").write_text("")
+    (tmp_path / "x.ready").replace(status_dir / "x.ready")
+    assert watch.wait(60) is True
+    assert watch.wait(0.01) is False  # the events were drained: no second wake-up
+
+
+def test_a_directory_made_anew_is_watched_again(watch: DirectoryWatch, status_dir: Path) -> None:
+    watch.wait(0)
+    shutil.rmtree(status_dir)  # the data directory was cloned again
+    watch.wait(0.01)
+    assert not watch.active
+    status_dir.mkdir()
+    watch.wait(0)
+    assert watch.active
+    timer = create_soon(status_dir / "y.ready")
+    assert watch.wait(60) is True
+    timer.join()
+
+
+def test_a_missing_directory_falls_back_to_sleeping(tmp_path: Path) -> None:
+    watcher = DirectoryWatch(tmp_path / "not-yet")
+    try:
+        assert watcher.wait(0.01) is False
+        assert not watcher.active
+    finally:
+        watcher.close()
