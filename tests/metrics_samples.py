@@ -76,15 +76,20 @@ def full_status(**changes: Any) -> dict[str, Any]:
                 "backup": "20270114T010000F",
             },
         },
-        "drill": {
-            "running": None,
+        "drill": {  # agent/drills.py DrillScheduler.status()
+            "running": False,
+            "started_at": None,
+            "schedule": "0 3 * * *",
             "last": {
-                "id": "20270115T030000D",
                 "ok": False,
-                "finished_at": "2027-01-15T03:04:00+00:00",
+                "id": "20270115T030000D",
+                "backup": "20270115T010000F",
                 "rto_s": 30.0,
                 "rpo_s": 5.0,
-                "checks_failed": 1,
+                "failed_checks": [{"name": "amcheck", "detail": "block 3 offset 2"}],
+                "error": None,
+                "finished_at": "2027-01-15T03:04:00+00:00",
+                "age_s": 17760.0,
             },
         },
     }

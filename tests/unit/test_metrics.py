@@ -222,6 +222,22 @@ def test_the_newest_drill_wins_agent_or_stored() -> None:
     assert one(status, "pgwarden_drill_last_age_seconds") == 28 * 3600 + 55 * 60
 
 
+def test_a_running_drill() -> None:
+    status = full_status()
+    assert one(status, "pgwarden_drill_running") == 0
+    status["drill"].update(running=True, started_at="2027-01-15T07:59:00+00:00")
+    assert one(status, "pgwarden_drill_running") == 1
+    status["drill"]["running"] = "yes"
+    assert "pgwarden_drill_running" not in names(status)
+
+
+def test_a_drill_that_failed_with_an_error_and_no_checks() -> None:
+    status = full_status(stored=None)
+    status["drill"]["last"].update(failed_checks=[], error="the backup did not restore")
+    assert one(status, "pgwarden_drill_last_success") == 0
+    assert one(status, "pgwarden_drill_last_checks_failed") == 0
+
+
 @pytest.mark.parametrize(
     "drill",
     [
@@ -229,7 +245,7 @@ def test_the_newest_drill_wins_agent_or_stored() -> None:
         "idle",
         [],
         {},
-        {"running": "20270115T030000D"},
+        {"running": True, "last": None},
         {"last": None},
         {"last": {"finished_at": "2027-01-15T03:04:00+00:00"}},  # no result
         {"last": {"ok": False, "finished_at": "not a time"}},
@@ -240,7 +256,7 @@ def test_the_drill_status_is_read_defensively(drill: object) -> None:
     status = full_status(drill=drill)
     assert one(status, "pgwarden_drill_last_success") == 1  # the stored report
     status["stored"]["drill"] = None
-    assert not any(name.startswith("pgwarden_drill") for name in names(status))
+    assert not any(name.startswith("pgwarden_drill_last") for name in names(status))
 
 
 def test_the_drill_status_as_a_report_with_an_epoch_time() -> None:

@@ -45,6 +45,13 @@ def metric_families(status: Status, now: float) -> list[Metric]:
     _archive(out, _nested(status, "wal", "archive"), now)
     _backup(out, status, now)
     _drill(out, _newest_drill(status), now)
+    scheduler = _nested(status, "drill")
+    if scheduler is not None and isinstance(scheduler.get("running"), bool):
+        out.gauge(
+            "drill_running",
+            "1 while this agent runs a scheduled restore drill.",
+            int(scheduler["running"]),
+        )
     return out.families()
 
 
@@ -231,10 +238,11 @@ def _drill(out: _Families, drill: Status | None, now: float) -> None:
         "Upper bound of the recovery point of the newest restore drill.",
         _number(drill.get("rpo_s")),
     )
+    failed = drill.get("failed_checks")  # the drill scheduler lists them
     out.gauge(
         "drill_last_checks_failed",
         "Checks the newest restore drill failed.",
-        _number(drill.get("checks_failed")),
+        float(len(failed)) if isinstance(failed, list) else _number(drill.get("checks_failed")),
     )
 
 
