@@ -557,3 +557,31 @@ def test_a_heap_page_only_amcheck_can_see_is_caught(archived: Archived) -> None:
     assert not results["amcheck"]["ok"]
     assert f"block {block}, offset 1" in results["amcheck"]["detail"]
     assert results["checksums"]["ok"]
+
+
+def test_a_drill_refuses_a_scratch_disk_without_room_and_stops_at_its_time_limit(
+    archived: Archived, small_disk: Path
+) -> None:
+    archived.pgbench_init(1)
+    backup = archived.json("backup", "create")
+    archived.archive_current_wal()
+
+    done = archived.pgw("drill", "run", "-o", "json", "--scratch-dir", str(small_disk))
+    assert done.returncode == 1, done.stderr
+    refused = json.loads(done.stdout)
+    assert refused["error"].startswith(
+        f"not enough disk space for the drill in {small_disk}: 12.0 MiB free, "
+    )
+    assert f"(the backup's {backup['db_bytes'] / 1024**2:.1f} MiB of data" in refused["error"]
+    assert refused["checks"] == [] and not list(small_disk.iterdir())
+
+    time.sleep(1.0)  # drill ids have a resolution of one second
+    done = archived.pgw("drill", "run", "-o", "json", "--max-duration", "0.3")
+    assert done.returncode == 1, done.stderr
+    stopped = json.loads(done.stdout)
+    assert stopped["error"] == (
+        "the drill ran past its time limit (drill.max_duration: 0.3 s) and was stopped"
+    )
+    assert not list(Path(tempfile.gettempdir()).glob("pgwarden-drill-*"))  # cleaned up
+    listed = archived.json("drill", "list")
+    assert [(r["id"], r["ok"]) for r in listed] == [(refused["id"], False), (stopped["id"], False)]

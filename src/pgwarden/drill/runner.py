@@ -128,22 +128,10 @@ class Drill:
                     "action": self.target.action},
             started_at=now.isoformat(),
         )  # fmt: skip
-        root = self.scratch_root or Path(tempfile.gettempdir())
-        try:
-            room = disk_verdict(shutil.disk_usage(root).free, self.manifest.db_bytes, str(root))
-        except OSError as exc:
-            report.error = f"cannot use the scratch directory {root}: {exc.strerror}"
-        else:
-            report.error = None if room.ok else room.reason
-        if report.error is not None:
-            self.finishing = True
-            report.finished_at = datetime.now(UTC).isoformat()
-            return report
-        scratch = Path(tempfile.mkdtemp(prefix="pgwarden-drill-", dir=root))
-        if self.owner is not None:
-            os.chown(scratch, *self.owner)
+        scratch: Path | None = None
         instance: Instance | None = None
         try:
+            scratch = self._scratch()
             archive = self._archive_check()
             report.checks.append(archive)
             if not archive.ok and archive.detail.startswith("the backup's own WAL"):
@@ -157,9 +145,26 @@ class Drill:
             self.finishing = True
             if instance is not None:
                 instance.stop("immediate")
-            shutil.rmtree(scratch, ignore_errors=True)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
             report.finished_at = datetime.now(UTC).isoformat()
         return report
+
+    def _scratch(self) -> Path:
+        """A new scratch directory, once its filesystem has room for the restored copy."""
+        root = self.scratch_root or Path(tempfile.gettempdir())
+        try:
+            free = shutil.disk_usage(root).free
+        except OSError as exc:
+            reason = f"cannot use the scratch directory {root}: {exc.strerror}"
+            raise PgwardenError(reason) from None
+        room = disk_verdict(free, self.manifest.db_bytes, str(root))
+        if not room.ok:
+            raise PgwardenError(room.reason)
+        scratch = Path(tempfile.mkdtemp(prefix="pgwarden-drill-", dir=root))
+        if self.owner is not None:
+            os.chown(scratch, *self.owner)
+        return scratch
 
     def _recover(self, data_dir: Path, report: DrillReport) -> Instance:
         started = time.monotonic()
