@@ -31,3 +31,10 @@ def wal_restore_command(config_path: Path, socket: str, spool: Path) -> str:
     taken with a plain `mv` (no Python at all); anything else goes to the client."""
     taken = f"mv -f {shlex.quote(str(spool))}/%f %p 2>/dev/null"
     return f"{taken} || exec {wal_client_command(config_path, 'wal-fetch', socket, '%f', '%p')}"
+
+
+def wal_archive_command(config_path: Path, socket: str, acknowledged: Path) -> str:
+    """archive_command through the agent: a file its archiver already stored is acknowledged
+    by removing the marker it left in `acknowledged` (no Python at all); else the client."""
+    taken = f"rm {shlex.quote(str(acknowledged))}/%f 2>/dev/null"
+    return f"{taken} || exec {wal_client_command(config_path, 'wal-push', socket, '%p')}"

@@ -6,6 +6,7 @@ store; outages come from a thin store wrapper that fails or blocks on request.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from pgwarden.codec import decode_bytes
+from pgwarden.invocation import wal_archive_command
 from pgwarden.storage import FsStore, ObjectInfo, StorageError
 from pgwarden.storage.layout import Layout
 from pgwarden.wal import archiver as archiver_module
@@ -481,3 +483,60 @@ def test_stop_returns_promptly_and_nothing_is_uploaded_after_it(
     write_wal(pg_wal, SEG2)
     time.sleep(0.1)
     assert store.puts == [wal.object_key(SEG1)]
+
+
+# --- acknowledging through markers ------------------------------------------------------
+
+
+def run_archive_command(command: str, name: str, pg_wal: Path) -> int:
+    """archive_command as PostgreSQL runs it (through a shell, %f and %p filled in)."""
+    filled = command.replace("%f", name).replace("%p", str(pg_wal / name))
+    return subprocess.run(["/bin/sh", "-c", filled], check=False, timeout=60).returncode
+
+
+def test_a_file_stored_before_postgresql_asks_is_acknowledged_by_a_marker(
+    make_archiver: Callable[..., Archiver], wal: WalArchive, pg_wal: Path, tmp_path: Path
+) -> None:
+    pushed = tmp_path / "data.wal-spool" / "pushed"
+    data = write_wal(pg_wal, SEG1)
+    archiver = make_archiver(acknowledged=pushed)
+    archiver.start()
+    wait_for((pushed / SEG1).exists)
+    assert stored_plaintext(wal, SEG1) == data
+    # The agent's socket does not exist: only the marker can answer this push.
+    command = wal_archive_command(tmp_path / "none.yml", str(tmp_path / "no.sock"), pushed)
+    assert run_archive_command(command, SEG1, pg_wal) == 0
+    assert not (pushed / SEG1).exists()
+
+
+def test_a_marker_postgresql_did_not_use_goes_with_its_ready_file(
+    make_archiver: Callable[..., Archiver], pg_wal: Path, tmp_path: Path
+) -> None:
+    pushed = tmp_path / "pushed"
+    write_wal(pg_wal, SEG1)
+    archiver = make_archiver(acknowledged=pushed)
+    archiver.start()
+    wait_for((pushed / SEG1).exists)
+    archiver.push(pg_wal / SEG1)  # PostgreSQL asked through the client instead
+    mark_done(pg_wal, SEG1)
+    wait_for(lambda: not (pushed / SEG1).exists())
+
+
+def test_no_marker_for_a_file_that_failed_or_that_postgresql_already_archived(
+    make_archiver: Callable[..., Archiver], store: FlakyStore, pg_wal: Path, tmp_path: Path
+) -> None:
+    pushed = tmp_path / "pushed"
+    (pushed).mkdir()
+    (pushed / SEG3).touch()  # left by an earlier run: proves nothing now
+    store.down = True
+    write_wal(pg_wal, SEG1)
+    archiver = make_archiver(acknowledged=pushed)
+    archiver.start()
+    assert not (pushed / SEG3).exists()
+    wait_for(lambda: archiver.snapshot()["failed"] >= 1)
+    assert not (pushed / SEG1).exists()
+    # Pushed through the client while storage was down: a direct path stored it.
+    write_wal(pg_wal, SEG2, ready=False)
+    store.down = False
+    archiver.push(pg_wal / SEG2)
+    assert not (pushed / SEG2).exists()  # PostgreSQL did not mark it ready: nobody to ask

@@ -31,7 +31,7 @@ from pgwarden.dcs.base import SessionState, StoreError
 from pgwarden.dcs.zookeeper import ZooKeeperStore
 from pgwarden.errors import PgwardenError
 from pgwarden.ha.fence import FenceClient
-from pgwarden.invocation import wal_client_command, wal_restore_command
+from pgwarden.invocation import wal_archive_command, wal_restore_command
 from pgwarden.logs import bind_identity, get_logger
 from pgwarden.model import DynamicConfig, PgState, SyncMode, Tags
 from pgwarden.peers import configure_tls
@@ -86,10 +86,12 @@ def instance_spec(settings: Settings, config_path: Path | None = None) -> Instan
         replication_password=read_password(pg.replication) or "",
         parameters={k: _render(v) for k, v in pg.parameters.items()},
         archive_command=(
-            wal_client_command(archive, "wal-push", socket, "%p") if archive else None
+            wal_archive_command(archive, socket, wal_spool_path(Path(pg.data_dir)) / "pushed")
+            if archive
+            else None
         ),
         restore_command=(
-            wal_restore_command(archive, socket, wal_spool_path(Path(pg.data_dir)))
+            wal_restore_command(archive, socket, wal_spool_path(Path(pg.data_dir)) / "fetched")
             if archive
             else None
         ),

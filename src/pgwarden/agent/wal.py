@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,8 @@ log = get_logger("agent.wal")
 
 
 def wal_spool_path(data_dir: Path) -> Path:
-    """Where the fetcher keeps prefetched WAL: beside the data directory, never in it."""
+    """Beside the data directory, never in it: `fetched/` holds WAL the fetcher prefetched,
+    `pushed/` the markers of files the archiver stored before PostgreSQL asked."""
     return data_dir.with_name(data_dir.name + ".wal-spool")
 
 
@@ -50,16 +52,22 @@ class WalService:
         ahead = Precompressor(
             pg_wal, self.segment_size, compression=wal.compression, level=wal.level, key=wal.key
         )
+        spool = wal_spool_path(data_dir)
+        spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if owner is not None:  # archive_command and restore_command work in it
+            os.chown(spool, *owner)
         self.archiver = Archiver(
             wal,
             pg_wal,
             event=event,
             max_backlog_bytes=settings.wal.max_backlog_bytes,
             precompress=ahead,
+            acknowledged=spool / "pushed",
+            owner=owner,
         )
         self.fetcher = Fetcher(
             context.wal,
-            wal_spool_path(data_dir),
+            spool / "fetched",
             segment_size=self.segment_size,
             owner=owner,
         )

@@ -7,10 +7,19 @@ in parallel ahead of it, so when `pgwarden wal-push` asks, the answer is usually
 stored" at once. An upload that fails (storage down) is retried with backoff; the WAL stays
 safely in pg_wal meanwhile, PostgreSQL keeps retrying archive_command, and an
 `archive_failing` event fires once per outage.
+
+With `acknowledged` set, each file stored while PostgreSQL has yet to ask for it leaves an
+empty marker of its name there, and archive_command removes it with a plain `rm` before it
+starts the Python client at all (see `invocation.wal_archive_command`; pgBackRest's
+asynchronous archiving answers from `.ok` files the same way). A marker whose `.ready` went
+(PostgreSQL archived it through the client meanwhile) is removed by the next scan.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -74,8 +83,12 @@ class Archiver:
         event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None,
         max_backlog_bytes: int | None = None,
         precompress: Precompressor | None = None,
+        acknowledged: Path | None = None,
+        owner: tuple[int, int] | None = None,
     ) -> None:
         self.archive = archive
+        self.acknowledged = acknowledged
+        self.owner = owner
         self.precompress = precompress
         self.max_backlog_bytes = max_backlog_bytes
         self.dropped: list[str] = []
@@ -100,6 +113,8 @@ class Archiver:
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
+        if self.acknowledged is not None and self.acknowledged.is_dir():
+            shutil.rmtree(self.acknowledged)  # markers of an earlier run prove nothing now
         self._thread.start()
 
     def stop(self) -> None:
@@ -188,6 +203,7 @@ class Archiver:
                     del self._pending[name]  # PostgreSQL archived it (marked .done)
                     self._retry_at.pop(name, None)
                     self._retry_delay.pop(name, None)
+                    self._unacknowledge(name)
             for name in sorted(ready, key=_upload_order):
                 self._pending.setdefault(name, wall)
                 if name in self._stored or name in self._inflight:
@@ -275,8 +291,28 @@ class Archiver:
                 status.last_archived = name
             status.last_archived_at = time.time()
             status.archived_count += 1
+            if name in self._pending:
+                self._acknowledge(name)
         log.debug("wal.archived", name=name, stored_now=stored_now,
                   seconds=round(time.monotonic() - started, 3))  # fmt: skip
+
+    def _acknowledge(self, name: str) -> None:
+        """Leave the marker archive_command takes instead of asking (under the lock)."""
+        if self.acknowledged is None:
+            return
+        try:
+            if not self.acknowledged.is_dir():
+                self.acknowledged.mkdir(mode=0o700, parents=True)
+                if self.owner is not None:  # PostgreSQL's user removes the markers
+                    os.chown(self.acknowledged, *self.owner)
+            (self.acknowledged / name).touch()
+        except OSError as exc:  # the client path still answers
+            log.warning("wal.acknowledge_failed", name=name, reason=str(exc))
+
+    def _unacknowledge(self, name: str) -> None:
+        if self.acknowledged is not None:
+            with contextlib.suppress(OSError):
+                (self.acknowledged / name).unlink(missing_ok=True)
 
     def _failed(self, name: str, reason: str, *, conflict: bool) -> None:
         first = False
