@@ -8,6 +8,7 @@ problem at once, one `(field.path, sentence)` each.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -157,6 +158,9 @@ class PostgresSettings(_Section):
     # Where PostgreSQL listens and where the other members connect to it.
     listen_address: ConnectAddress = "127.0.0.1"
     port: Count = Field(default=5432, ge=1, le=65535)
+    # Networks (CIDR) allowed to log in with a password (scram-sha-256) besides loopback:
+    # the other members' addresses (replication, clone, rewind) and the clients'.
+    allowed_networks: tuple[str, ...] = ()
     superuser: SuperuserCredentials = Field(default_factory=SuperuserCredentials)
     replication: ReplicationCredentials = Field(default_factory=ReplicationCredentials)
     parameters: Parameters = Field(default_factory=dict)
@@ -165,6 +169,19 @@ class PostgresSettings(_Section):
     # backup and replays archived WAL (sparing the primary), `basebackup` copies the
     # leader with pg_basebackup.
     create_replica_methods: tuple[Literal["backup", "basebackup"], ...] = ("basebackup",)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        networks = []
+        for text in value:
+            try:
+                networks.append(str(ipaddress.ip_network(text, strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"must be networks in CIDR notation such as 10.0.1.0/24, got {text!r}"
+                ) from None
+        return tuple(networks)
 
     @field_validator("create_replica_methods")
     @classmethod

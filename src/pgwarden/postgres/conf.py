@@ -68,6 +68,8 @@ class InstanceSpec:
     parameters: Mapping[str, str]
     archive_command: str | None = None
     restore_command: str | None = None
+    # Networks besides loopback allowed to log in (postgres.allowed_networks).
+    allowed_networks: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> Endpoint:
@@ -219,15 +221,12 @@ def source_conninfo(spec: InstanceSpec, source: Endpoint, *, user: str, purpose:
 
 
 def render_hba(spec: InstanceSpec) -> str:
-    """pg_hba.conf: password (scram-sha-256) logins from loopback only.
-
-    Enough for the lab and single-host tests; production deployments with members on
-    other hosts will extend it through a future setting listing the allowed networks.
-    """
+    """pg_hba.conf: password (scram-sha-256) logins from loopback and the networks in
+    `postgres.allowed_networks` (members on other hosts, clients), nothing else."""
     rows = [
         ("host", db, "all", net, "scram-sha-256")
         for db in ("all", "replication")
-        for net in ("127.0.0.0/8", "::1/128")
+        for net in ("127.0.0.0/8", "::1/128", *spec.allowed_networks)
     ]
     lines = [
         f"# pg_hba.conf for {spec.name}, written by pgwarden: edits are overwritten.",
