@@ -112,6 +112,9 @@ def test_configuration_matches_the_compose_network(node: str) -> None:
     assert settings.postgres.listen_address == node
     assert settings.api.listen == f"{node}:8008"
     assert sorted(settings.dcs.hosts) == [f"zk{k}:2181" for k in (1, 2, 3)]
+    # pg_hba.conf admits the compose network, so members clone and stream from each other.
+    subnets = [c["subnet"] for c in COMPOSE["networks"]["default"]["ipam"]["config"]]
+    assert list(settings.postgres.allowed_networks) == subnets
     storage = settings.storage
     assert urlsplit(storage.endpoint_url).hostname == "minio"
     assert f"demo/{storage.bucket}" in " ".join(SERVICES["minio-bucket"]["command"])

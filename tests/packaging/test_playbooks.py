@@ -117,6 +117,7 @@ def test_site_renders_a_valid_configuration_from_the_inventory(tmp_path: Path) -
     assert settings.ha.synchronous_mode == "on"
     assert settings.storage.model_dump()["bucket"] == example["pgwarden_storage"]["bucket"]
     assert settings.postgres.parameters["shared_buffers"] == "4GB"
+    assert settings.postgres.allowed_networks == ("10.0.1.0/24",)
     assert settings.drill.schedule is None
     # Secrets live in files beside the configuration, never in it.
     assert example["pgwarden_replication_password"] not in config.read_text()
