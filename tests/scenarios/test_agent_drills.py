@@ -137,6 +137,10 @@ def test_drills_run_on_the_replica_report_and_notify_on_failure(
     last = drill_status(cluster, replica)["last"]
     assert last["ok"] is False and last["id"] == failed["id"] != passed["id"]
     assert last["failed_checks"] == [{"name": "no-marker", "detail": detail}]
+    listing = pgwarden(cluster, "drill", "list").stdout.splitlines()
+    assert listing[0].split() == ["ID", "BACKUP", "RESULT", "AGE", "RTO", "RPO", "CHECKS"]
+    assert [line.split()[2] for line in listing[1:3]] == ["passed", "FAILED"]
+    assert listing[3] == f"the latest drill FAILED: failed checks: no-marker: {detail}"
 
     # The notification command got the failure (and not the passed drill) on stdin.
     deadline = time.monotonic() + 30

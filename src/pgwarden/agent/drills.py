@@ -119,6 +119,10 @@ class DrillScheduler:
             child = self._child
         if child is not None and child.poll() is None:
             child.terminate()  # the drill stops its scratch instance, removes it, reports
+            try:
+                child.wait(TERM_WAIT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
         if self._thread.is_alive():
             self._thread.join(timeout=TERM_WAIT_S)
 

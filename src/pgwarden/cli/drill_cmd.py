@@ -7,6 +7,7 @@ import random
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -173,14 +174,37 @@ def list_command(config_path: Path, output: str) -> None:
     if not reports:
         click.echo("no drills recorded")
         return
+    now = datetime.now(UTC)
     table(
-        ("ID", "BACKUP", "RESULT", "RTO", "RPO", "CHECKS"),
+        ("ID", "BACKUP", "RESULT", "AGE", "RTO", "RPO", "CHECKS"),
         [
-            (r["id"], r["backup"], "passed" if r["ok"] else "FAILED", f"{r['rto_s']} s",
-             f"{r['rpo_s']} s", f"{r['checks_passed']} ok, {r['checks_failed']} failed")
+            (r["id"], r["backup"], "passed" if r["ok"] else "FAILED", _age(r, now),
+             f"{r['rto_s']} s", f"{r['rpo_s']} s",
+             f"{r['checks_passed']} ok, {r['checks_failed']} failed")
             for r in reports
         ],
     )  # fmt: skip
+    latest = reports[-1]
+    if not latest["ok"]:
+        click.echo(f"the latest drill FAILED: {latest['error'] or _failed_checks(latest)}")
+
+
+def _age(report: dict[str, Any], now: datetime) -> str:
+    """How long ago the drill finished: 45 s, 12 min, 5 h, 3 d."""
+    try:
+        seconds = (now - datetime.fromisoformat(report["finished_at"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size:.0f} {unit}"
+    return f"{max(seconds, 0):.0f} s"
+
+
+def _failed_checks(report: dict[str, Any]) -> str:
+    return "failed checks: " + "; ".join(
+        f"{c['name']}: {c['detail']}" for c in report["checks"] if not c["ok"]
+    )
 
 
 @drill_group.command("show", epilog=_EXIT_CODES)
