@@ -130,8 +130,11 @@ class _Section(BaseModel):
 class Credentials(_Section):
     """A PostgreSQL role; its password inline or in a file (neither: peer, cert or .pgpass)."""
 
+    # The role's name; the agent creates the role when it bootstraps the cluster.
     username: RoleName
+    # The password inline (masked wherever settings are shown).
     password: Secret | None = None
+    # A file holding the password (without its final newline), instead of `password`.
     password_file: AbsolutePath | None = None
 
     @model_validator(mode="after")
@@ -144,26 +147,37 @@ class Credentials(_Section):
 
 
 class SuperuserCredentials(Credentials):
+    """The superuser the agent connects as (checks, promote, rewind)."""
+
     username: RoleName = "postgres"
 
 
 class ReplicationCredentials(Credentials):
+    """The role replicas stream and clone with."""
+
     username: RoleName = "replicator"
 
 
 class PostgresSettings(_Section):
+    """The local PostgreSQL instance the agent runs."""
+
     # None: PostgreSQL programs (initdb, pg_ctl, pg_rewind, ...) are found on PATH.
     bin_dir: AbsolutePath | None = None
+    # The instance's data directory (PGDATA), created by the agent at bootstrap or clone.
     data_dir: AbsolutePath = Path("/var/lib/postgresql/data")
     # Where PostgreSQL listens and where the other members connect to it.
     listen_address: ConnectAddress = "127.0.0.1"
+    # The port PostgreSQL listens on.
     port: Count = Field(default=5432, ge=1, le=65535)
     # Networks (CIDR) allowed to log in with a password (scram-sha-256) besides loopback:
     # the other members' addresses (replication, clone, rewind) and the clients'.
     allowed_networks: tuple[str, ...] = ()
     superuser: SuperuserCredentials = Field(default_factory=SuperuserCredentials)
     replication: ReplicationCredentials = Field(default_factory=ReplicationCredentials)
+    # PostgreSQL settings of this host (they win over the cluster-wide ones in the store);
+    # the settings pgwarden manages itself are refused, naming the field to use instead.
     parameters: Parameters = Field(default_factory=dict)
+    # The OS user that owns the data directory and runs PostgreSQL's programs.
     os_user: OsUser = "postgres"
     # How a new replica gets its data, tried in order: `backup` restores the latest base
     # backup and replays archived WAL (sparing the primary), `basebackup` copies the
@@ -199,7 +213,9 @@ class PostgresSettings(_Section):
 class DcsSettings(_Section):
     """ZooKeeper, and the timing of the leader lease."""
 
+    # The ZooKeeper ensemble's client addresses.
     hosts: HostList
+    # The ZooKeeper path under which each cluster keeps its keys (`<root>/<cluster>/`).
     root: ZnodePath = "/pgwarden"
     # The leader lease: a primary unconfirmed for this long loses the leader key. Short
     # enough that a lost host fails over in about 5 s; ZooKeeper's default tickTime of
@@ -229,7 +245,10 @@ class HaSettings(_Section):
     """Cluster-wide HA settings, written to the store's `config` key at bootstrap; the
     store's values win afterwards (`pgwarden config set` changes them there)."""
 
+    # on: commits wait for a synchronous standby, and only such a standby is promoted;
+    # strict: also when none is available (writes block rather than degrade).
     synchronous_mode: Literal["off", "on", "strict"] = "off"
+    # How many standbys are synchronous in synchronous mode.
     synchronous_node_count: Count = Field(default=1, ge=1)
     # Bytes of WAL a replica may lag the last known leader position and still be promoted.
     maximum_lag_on_failover: Count = Field(default=1024 * 1024, ge=0)
@@ -239,17 +258,24 @@ class TagSettings(_Section):
     """Per-member tags: `nofailover` never promotes; `nosync` is never synchronous;
     a higher `failover_priority` wins between equally advanced candidates."""
 
+    # Never promote this member.
     nofailover: Flag = False
+    # Never make this member a synchronous standby.
     nosync: Flag = False
+    # Between equally advanced candidates the higher priority is promoted.
     failover_priority: Count = Field(default=1, ge=0)
 
 
 class ApiSettings(_Section):
+    """The agent's HTTP API: health endpoints, /status, /metrics and control endpoints."""
+
+    # Address and port the API listens on; also the URL other members and the CLI use.
     listen: HostPort = "127.0.0.1:8008"
     # None: only the read-only health and metrics endpoints are served.
     token_file: AbsolutePath | None = None
     # HTTPS for the API: a PEM certificate chain and its key (both or neither).
     tls_cert_file: AbsolutePath | None = None
+    # The private key of `tls_cert_file` (PEM).
     tls_key_file: AbsolutePath | None = None
     # The CA that signed the agents' certificates, for agents and the CLI calling them;
     # None: the system's trusted CAs.
@@ -269,18 +295,27 @@ class ApiSettings(_Section):
 class S3Storage(_Section):
     """An S3-compatible bucket. Credentials come from the environment or a named profile."""
 
+    # Selects this kind of storage.
     type: Literal["s3"]
+    # The bucket, which must exist.
     bucket: BucketName
+    # Objects are stored under `<prefix>/<cluster>/`.
     prefix: ObjectPrefix = "pgwarden"
+    # An S3-compatible endpoint (MinIO, Ceph, ...); null: AWS.
     endpoint_url: EndpointUrl | None = None
+    # The bucket's region; null: from the environment or profile.
     region: Text | None = None
+    # A named profile of the AWS configuration and credentials files.
     profile: Text | None = None
     # An AWS shared credentials file (`[default]` or `[<profile>]` with aws_access_key_id
     # and aws_secret_access_key), for hosts where the environment cannot carry them:
     # archive_command and restore_command run with PostgreSQL's environment.
     credentials_file: AbsolutePath | None = None
+    # Path-style addressing (`endpoint/bucket/key`), for endpoints without virtual hosts.
     force_path_style: Flag = False
+    # Server-side encryption asked of S3 for every object.
     sse: Literal["none", "AES256", "aws:kms"] = "none"
+    # The KMS key for `sse: aws:kms`; null: the AWS-managed key for S3.
     kms_key_id: Text | None = None
 
     @model_validator(mode="after")
@@ -295,7 +330,9 @@ class S3Storage(_Section):
 class FsStorage(_Section):
     """A local or mounted directory."""
 
+    # Selects this kind of storage.
     type: Literal["fs"]
+    # Objects are files under `<directory>/<cluster>/`; not inside postgres.data_dir.
     directory: AbsolutePath
 
 
@@ -311,7 +348,9 @@ class Retention(_Section):
     N days stays restorable, so the newest backup older than the window is kept too.
     """
 
+    # Keep the newest N full backups (and the incrementals built on them).
     full_count: Count | None = Field(default=None, ge=1)
+    # Keep every moment of the last N days restorable.
     window_days: Days | None = None
 
     @model_validator(mode="after")
@@ -322,7 +361,11 @@ class Retention(_Section):
 
 
 class Compression(_Section):
+    """How backup objects are compressed; WAL is compressed with the same algorithm at level 1."""
+
+    # zstd, or none to store objects uncompressed.
     algorithm: Literal["zstd", "none"] = "zstd"
+    # The zstd level: higher is smaller and slower.
     level: Count = Field(default=3, ge=1, le=22)
 
     @model_validator(mode="after")
@@ -333,6 +376,8 @@ class Compression(_Section):
 
 
 class BackupSettings(_Section):
+    """Base backups: schedules, who takes them, retention, compression, encryption."""
+
     # Cron expressions are evaluated in UTC; null turns scheduled backups off.
     schedule: Cron | None = "0 1 * * *"
     # Incremental backups between the full ones (files changed since the latest backup).
@@ -340,6 +385,7 @@ class BackupSettings(_Section):
     # The member that takes scheduled backups; null: the leader. Naming a replica spares
     # the primary (it backs up from the standby; the primary archives the WAL).
     member: Name | None = None
+    # Which backups to keep (applied after each backup and by `pgwarden backup expire`).
     retention: Retention = Field(default_factory=lambda: Retention(full_count=7))
     compression: Compression = Field(default_factory=Compression)
     # None: backups and WAL are stored unencrypted (the bucket's own encryption aside).
@@ -347,6 +393,8 @@ class BackupSettings(_Section):
 
 
 class WalSettings(_Section):
+    """WAL archiving and fetching through the agent."""
+
     # archive_command = pgwarden wal-push on every member (only the primary archives) and
     # restore_command = pgwarden wal-fetch. Off: no archive, so backups cannot complete.
     archive: Flag = True
@@ -362,10 +410,15 @@ class WalSettings(_Section):
 class DrillCheck(_Section):
     """A query run on the restored copy; its single value must meet the expectation."""
 
+    # The check's name in the drill report.
     name: Name
+    # A query returning one value.
     sql: Text
+    # The value must be at least this.
     min: Number | None = None
+    # The value must be at most this.
     max: Number | None = None
+    # The value must equal this.
     equals: ScalarValue | None = None
 
     @model_validator(mode="after")
@@ -386,8 +439,11 @@ class DrillCheck(_Section):
 
 
 class DrillSettings(_Section):
+    """Scheduled restore drills: when, where, and what they check."""
+
     # Restore drills weekly, Sunday 03:00 UTC; null turns scheduled drills off.
     schedule: Cron | None = "0 3 * * 0"
+    # SQL checks run on the restored copy, besides the built-in ones.
     checks: tuple[DrillCheck, ...] = ()
     # The member that runs scheduled drills (a replica or a dedicated drill host); null:
     # the running, streaming replica with the lowest name (the primary only when alone).
@@ -419,10 +475,12 @@ class EventSettings(_Section):
     # A program run (without a shell) for each event of `notify_kinds` the agent records,
     # the event as one JSON object on stdin; null: none.
     notify_command: tuple[Text, ...] | None = None
+    # The event kinds the notification command runs for.
     notify_kinds: tuple[Name, ...] = (
         "failover", "fence", "drill_failed", "drill_skipped", "backup_failed",
         "archive_failing", "archive_dropped", "archive_conflict", "archive_backfill_failed",
     )  # fmt: skip
+    # A notification command still running after this long is killed.
     notify_timeout: Seconds = Field(default=30, gt=0)
 
     @field_validator("notify_command")
@@ -441,13 +499,16 @@ class EventSettings(_Section):
 class Settings(_Section):
     """Everything one agent needs; built by `load_config` or `parse_config`."""
 
+    # The cluster's name, the same on every member: its ZooKeeper path and storage prefix.
     cluster: Name
+    # This member's name, unique in the cluster; also its replication slot's name.
     member: Name
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     dcs: DcsSettings
     ha: HaSettings = Field(default_factory=HaSettings)
     tags: TagSettings = Field(default_factory=TagSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    # Where backups, WAL and drill reports are stored: `type: s3` or `type: fs`.
     storage: Storage
     backup: BackupSettings = Field(default_factory=BackupSettings)
     wal: WalSettings = Field(default_factory=WalSettings)
