@@ -398,6 +398,10 @@ class WalSettings(_Section):
     # archive_command = pgwarden wal-push on every member (only the primary archives) and
     # restore_command = pgwarden wal-fetch. Off: no archive, so backups cannot complete.
     archive: Flag = True
+    # PostgreSQL's archive_mode: "on", only the primary archives; "always", every standby
+    # archives what it receives too (pushes are idempotent), so WAL the primary streamed
+    # but never archived before it died is stored all the same.
+    archive_mode: Literal["on", "always"] = "on"
     # The agent's WAL socket for wal-push/wal-fetch; null: `<data_dir>.wal.sock`.
     socket: AbsolutePath | None = None
     # Protects the primary's disk when storage fails for long: past this many bytes of

@@ -139,6 +139,14 @@ def test_archive_and_restore_commands_are_quoted() -> None:
     assert unquote(conf["synchronous_standby_names"]) == 'FIRST 1 ("a")'
 
 
+def test_standbys_archive_too_with_archive_mode_always() -> None:
+    spec = make_spec(archive_command="pgwarden wal-push '%p'", archive_mode="always")
+    assert settings(render_postgresql_conf(spec))["archive_mode"] == "'always'"
+    # Without an archive command nothing archives, whatever the mode says.
+    spec = make_spec(archive_command=None, archive_mode="always")
+    assert settings(render_postgresql_conf(spec))["archive_mode"] == "off"
+
+
 def test_managed_keys_override_user_parameters() -> None:
     spec = make_spec(
         parameters={

@@ -86,6 +86,7 @@ def instance_spec(settings: Settings, config_path: Path | None = None) -> Instan
         replication_password=read_password(pg.replication) or "",
         parameters={k: _render(v) for k, v in pg.parameters.items()},
         allowed_networks=pg.allowed_networks,
+        archive_mode=settings.wal.archive_mode,
         archive_command=(
             wal_archive_command(archive, socket, wal_spool_path(Path(pg.data_dir)) / "pushed")
             if archive

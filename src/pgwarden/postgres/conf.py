@@ -67,6 +67,7 @@ class InstanceSpec:
     replication_password: str = field(repr=False)
     parameters: Mapping[str, str]
     archive_command: str | None = None
+    archive_mode: str = "on"  # with an archive_command: "on" or "always"
     restore_command: str | None = None
     # Networks besides loopback allowed to log in (postgres.allowed_networks).
     allowed_networks: tuple[str, ...] = ()
@@ -153,7 +154,7 @@ def managed_settings(
         ),
         "password_encryption": "scram-sha-256",
         "cluster_name": spec.name,
-        "archive_mode": spec.archive_command is not None,
+        "archive_mode": _archive_mode(spec),
     }
     if spec.archive_command is not None:
         settings["archive_command"] = spec.archive_command
@@ -162,6 +163,12 @@ def managed_settings(
     settings["synchronous_standby_names"] = synchronous_standby_names
     settings["recovery_target_timeline"] = "latest"
     return settings
+
+
+def _archive_mode(spec: InstanceSpec) -> str | bool:
+    if spec.archive_command is None:
+        return False
+    return True if spec.archive_mode == "on" else spec.archive_mode
 
 
 def render_postgresql_conf(spec: InstanceSpec, *, synchronous_standby_names: str = "") -> str:
