@@ -75,3 +75,11 @@ def test_every_alert_has_a_severity_a_wait_and_a_runbook_that_exists() -> None:
         url = annotations["runbook_url"]
         assert url.startswith(RUNBOOK_BASE), name
         assert (ROOT / url.removeprefix(RUNBOOK_BASE)).is_file(), (name, url)
+
+
+def test_docs_metrics_lists_every_metric_and_alert() -> None:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"^\| `(pgwarden_[a-z_]+)`", text, re.M))
+    assert documented == all_sample_names()
+    listed = set(re.findall(r"^\| `(Pgwarden[A-Za-z]+)`", text, re.M))
+    assert listed == {rule["alert"] for rule in alerts()}
