@@ -123,6 +123,7 @@ def test_metrics_say_who_is_primary_and_how_far_replicas_lag(cluster: HaCluster)
     assert on_replica[("pgwarden_leader", "")] == 0
     assert on_replica[("pgwarden_replication_lag_bytes", "")] >= 0
     assert ("pgwarden_lease_seconds_left", "") not in on_replica
+    assert on_replica[("pgwarden_drill_running", "")] == 0  # the drill scheduler's status
     # Backups and drills come from storage, read in the background after the first scrape.
     deadline = time.monotonic() + 5
     while ("pgwarden_backups", "") not in on_replica and time.monotonic() < deadline:
