@@ -20,8 +20,11 @@ from typing import Any
 import pytest
 from backup_support import Archived, accounts_digest, owned_directory
 
+from pgwarden.agent.metrics import read_stored_summary
+from pgwarden.backup.context import BackupContext
 from pgwarden.backup.pages import page_checksums
 from pgwarden.codec import Key
+from pgwarden.config import load_config
 from pgwarden.lab import Lab
 from pgwarden.lab.archiving import s3_storage
 from pgwarden.lab.net import free_port
@@ -499,6 +502,15 @@ def test_a_drill_restores_checks_and_reports(archived: Archived) -> None:
     listed = archived.json("drill", "list", config=config)
     assert [r["id"] for r in listed] == [report["id"]]
     assert not list(Path(tempfile.gettempdir()).glob("pgwarden-drill-*"))  # removed
+    # What the agent's /metrics reports of them, read from the same storage.
+    stored = read_stored_summary(BackupContext.from_settings(load_config(config)))
+    assert stored["backups"] == 1 and stored["error"] is None
+    assert stored["backup"]["id"] == backup["id"] and stored["backup"]["kind"] == "full"
+    assert stored["backup"]["db_bytes"] == backup["db_bytes"]
+    assert stored["backup"]["stored_bytes"] >= backup["stored_bytes"] > 0
+    assert 0 <= time.time() - stored["backup"]["stop_time"] < 600
+    assert stored["drill"]["id"] == report["id"] and stored["drill"]["ok"] is False
+    assert stored["drill"]["checks_failed"] == 1 and stored["drill"]["rto_s"] == report["rto_s"]
 
 
 def drill(archived: Archived) -> dict[str, Any]:
