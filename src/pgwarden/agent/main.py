@@ -165,6 +165,8 @@ class Agent:
         self.config_path = config_path
         self.me = settings.member
         bind_identity(settings.cluster, settings.member)
+        # Before any child process (fence, postmaster) is started: see Notifier.claim.
+        self.systemd = sdnotify.Notifier.claim()
         spec = instance_spec(settings, config_path)
         self.instance = Instance(spec, spec.data_dir.with_name(spec.data_dir.name + ".log"))
         api_host, api_port = split_host_port(settings.api.listen) or ("127.0.0.1", 8008)
@@ -292,9 +294,9 @@ class Agent:
         registered and acted on the cluster; later ticks update the status line."""
         if not self._notified_ready:
             self._notified_ready = True
-            sdnotify.ready(result.reason)
+            self.systemd.ready(result.reason)
         elif result.reason != self._notified_reason:
-            sdnotify.status(result.reason)
+            self.systemd.status(result.reason)
         self._notified_reason = result.reason
 
     def _promoted(self, timeline: int) -> None:
@@ -437,7 +439,7 @@ class Agent:
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("agent.stopping", signal=signal.Signals(signum).name)
-            sdnotify.stopping("stopping PostgreSQL, then handing the leader lease over")
+            self.systemd.stopping("stopping PostgreSQL, then handing the leader lease over")
             stop.set()
             self.loop.stopping.set()
             self.loop.wake.set()

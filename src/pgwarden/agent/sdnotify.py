@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 
 from pgwarden.logs import get_logger
 
@@ -20,33 +20,16 @@ log = get_logger("sdnotify")
 STATUS_MAX = 400
 
 
-def notify_address(environ: Mapping[str, str]) -> str | bytes | None:
-    """The socket address from `$NOTIFY_SOCKET`: a path, abstract (bytes with a NUL) or None."""
-    value = environ.get("NOTIFY_SOCKET", "")
+def notify_address(value: str | None) -> str | bytes | None:
+    """The socket address in a `$NOTIFY_SOCKET` value: a path, abstract (bytes with a
+    leading NUL) or None."""
+    if not value:
+        return None
     if value.startswith("@"):
         return b"\0" + value[1:].encode()
     if value.startswith("/"):
         return value
-    return None  # unset, or a kind (vsock:) pgwarden does not speak
-
-
-def notify(*fields: str, environ: Mapping[str, str] | None = None) -> bool:
-    """Send `KEY=VALUE` fields to systemd; True when sent, False outside systemd or on error.
-
-    A lost notification must never stop the agent: failures are logged, not raised.
-    """
-    address = notify_address(os.environ if environ is None else environ)
-    if address is None or not fields:
-        return False
-    message = "\n".join(fields).encode()
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall(message)
-    except OSError as exc:
-        log.warning("sdnotify.failed", fields=list(fields), error=str(exc))
-        return False
-    return True
+    return None  # a kind (vsock:) pgwarden does not speak
 
 
 def status_field(text: str) -> str:
@@ -55,16 +38,43 @@ def status_field(text: str) -> str:
     return "STATUS=" + (line if len(line) <= STATUS_MAX else line[: STATUS_MAX - 3] + "...")
 
 
-def ready(status: str | None = None) -> bool:
-    """Tell systemd the agent is up (`READY=1`), with an optional status line."""
-    return notify("READY=1", *([status_field(status)] if status else []))
+class Notifier:
+    """This process's channel to systemd; every method is a no-op outside systemd."""
 
+    def __init__(self, address: str | bytes | None) -> None:
+        self.address = address
 
-def stopping(status: str | None = None) -> bool:
-    """Tell systemd the agent is shutting down (`STOPPING=1`)."""
-    return notify("STOPPING=1", *([status_field(status)] if status else []))
+    @classmethod
+    def claim(cls, environ: MutableMapping[str, str] | None = None) -> Notifier:
+        """Take `$NOTIFY_SOCKET` out of the environment before any child is started: the
+        unit's readiness is the agent's to tell. PostgreSQL built with systemd support
+        (Debian's is) would otherwise send its own READY=1 and STOPPING=1, which systemd
+        refuses from a process other than the main one, with a warning each time."""
+        env = os.environ if environ is None else environ
+        return cls(notify_address(env.pop("NOTIFY_SOCKET", None)))
 
+    def notify(self, *fields: str) -> bool:
+        """Send `KEY=VALUE` fields; True when sent. A lost notification must never stop
+        the agent: failures are logged, not raised."""
+        if self.address is None or not fields:
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.connect(self.address)
+                sock.sendall("\n".join(fields).encode())
+        except OSError as exc:
+            log.warning("sdnotify.failed", fields=list(fields), error=str(exc))
+            return False
+        return True
 
-def status(text: str) -> bool:
-    """Update the line `systemctl status` shows."""
-    return notify(status_field(text))
+    def ready(self, status: str | None = None) -> bool:
+        """The agent is up (`READY=1`), with an optional status line."""
+        return self.notify("READY=1", *([status_field(status)] if status else []))
+
+    def stopping(self, status: str | None = None) -> bool:
+        """The agent is shutting down (`STOPPING=1`)."""
+        return self.notify("STOPPING=1", *([status_field(status)] if status else []))
+
+    def status(self, text: str) -> bool:
+        """Update the line `systemctl status` shows."""
+        return self.notify(status_field(text))
