@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from metrics_samples import NOW, all_sample_names, full_status
 from pgwarden import __version__
+from pgwarden.agent.api import ApiServer
 from pgwarden.agent.metrics import (
     StoredSummary,
     metric_families,
@@ -439,3 +442,49 @@ def test_read_stored_summary_takes_the_newest_complete_backup_and_drill() -> Non
 def test_read_stored_summary_of_an_empty_store() -> None:
     summary = read_stored_summary(_Context(_Store({}), _Layout(), _Catalog()))
     assert (summary["backups"], summary["backup"], summary["drill"]) == (0, None, None)
+
+
+# --------------------------------------------------------------------- the HTTP endpoint
+def serve(source: Any) -> ApiServer:
+    api = ApiServer("127.0.0.1", 0, dict, dict, dict, metrics=source)
+    api.start()
+    return api
+
+
+def test_get_metrics_serves_the_text_format() -> None:
+    api = serve(full_status)
+    try:
+        url = f"http://127.0.0.1:{api.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = response.read().decode()
+        families = {f.name for f in text_string_to_metric_families(text)}
+        assert {"pgwarden_role", "pgwarden_failovers", "pgwarden_leader"} <= families
+    finally:
+        api.stop()
+
+
+def test_a_failing_status_source_answers_503() -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("no status")
+
+    api = serve(broken)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(f"http://127.0.0.1:{api.port}/metrics", timeout=5)
+        assert raised.value.code == 503
+        assert b"no status" in raised.value.read()
+    finally:
+        api.stop()
+
+
+def test_without_a_source_metrics_is_not_found() -> None:
+    api = ApiServer("127.0.0.1", 0, dict, dict, dict)
+    api.start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(f"http://127.0.0.1:{api.port}/metrics", timeout=5)
+        assert raised.value.code == 404
+    finally:
+        api.stop()
