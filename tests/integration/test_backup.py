@@ -499,6 +499,8 @@ def test_a_drill_restores_checks_and_reports(archived: Archived) -> None:
     assert (report["checks_passed"], report["checks_failed"]) == (5, 1)
     assert report["rto_s"] >= report["restore_s"] + report["replay_s"] - 0.01
     assert report["recovered_lsn"] and report["downloaded_bytes"] > 0
+    # Replay took the WAL from the drill's own fetcher, not one download per process.
+    assert report["wal_files_fetched"] >= 1
     listed = archived.json("drill", "list", config=config)
     assert [r["id"] for r in listed] == [report["id"]]
     assert not list(Path(tempfile.gettempdir()).glob("pgwarden-drill-*"))  # removed

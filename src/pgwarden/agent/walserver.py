@@ -23,7 +23,7 @@ log = get_logger("agent.walserver")
 
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
-    archiver: Archiver
+    archiver: Archiver | None
     fetcher: Fetcher
     pg_wal: Path
 
@@ -41,9 +41,10 @@ class _Handler(socketserver.StreamRequestHandler):
             match request:
                 case ["push", path_text]:
                     path = Path(path_text)
-                    if path.parent.resolve() != self.server.pg_wal.resolve():
+                    archiver = self.server.archiver
+                    if archiver is None or path.parent.resolve() != self.server.pg_wal.resolve():
                         return ["unavailable"]  # not ours: let the client go direct
-                    self.server.archiver.push(path)
+                    archiver.push(path)
                     return ["ok"]
                 case ["fetch", name, dest]:
                     found = self.server.fetcher.fetch(name, Path(dest))
@@ -55,7 +56,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class WalServer:
     def __init__(
-        self, path: Path, archiver: Archiver, fetcher: Fetcher, pg_wal: Path,
+        self, path: Path, archiver: Archiver | None, fetcher: Fetcher, pg_wal: Path,
         owner: tuple[int, int] | None,
     ) -> None:  # fmt: skip
         self.path = path

@@ -24,7 +24,6 @@ from pgwarden.cli.common import config_option
 from pgwarden.cli.render import emit_json, fail, output_option, table
 from pgwarden.config import load_config
 from pgwarden.errors import PgwardenError
-from pgwarden.invocation import pgwarden_command
 
 if TYPE_CHECKING:
     from pgwarden.drill.runner import Drill
@@ -94,8 +93,7 @@ def run_command(config_path: Path, selector: str, scratch_dir: Path | None,
         check_backup_reaches(manifest, target)
     check_archive_for(context, manifest, target)
     drill = Drill(
-        instance_spec(settings), context, manifest, target,
-        pgwarden_command(config_path, "wal-fetch", "%f", "%p"),
+        instance_spec(settings), context, manifest, target, config_path,
         settings.drill.checks, restore_owner(settings), scratch_dir or settings.drill.scratch_dir,
     )  # fmt: skip
     limit = max_duration if max_duration is not None else settings.drill.max_duration

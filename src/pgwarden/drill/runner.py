@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pgwarden.agent.walserver import WalServer
 from pgwarden.backup.context import BackupContext
 from pgwarden.backup.manifest import Manifest
 from pgwarden.backup.restore import RestoreRequest, RestoreRun
@@ -30,13 +31,16 @@ from pgwarden.config import DrillCheck
 from pgwarden.config_types import format_number
 from pgwarden.drill.plan import disk_verdict
 from pgwarden.errors import PgwardenError
+from pgwarden.invocation import pgwarden_command, wal_restore_command
 from pgwarden.lab.net import free_port
 from pgwarden.postgres import sql
 from pgwarden.postgres.conf import InstanceSpec
 from pgwarden.postgres.instance import Instance
 from pgwarden.wal.check import check_archive
+from pgwarden.wal.fetcher import Fetcher
 
 RECOVERY_TIMEOUT = 3600.0
+MAX_SOCKET_PATH = 100  # a unix socket path has room for 107 bytes
 
 
 @dataclass
@@ -57,6 +61,10 @@ class DrillReport:
     replay_s: float | None = None
     rto_s: float | None = None
     downloaded_bytes: int = 0
+    # WAL files replay took from the drill's own fetcher (prefetched ones among them);
+    # None when restore_command went to storage directly.
+    wal_files_fetched: int | None = None
+    wal_files_prefetched: int | None = None
     restored_bytes: int = 0
     recovered_lsn: str | None = None
     recovered_commit_time: str | None = None
@@ -104,7 +112,7 @@ class Drill:
         context: BackupContext,
         manifest: Manifest,
         target: RecoveryTarget,
-        restore_command: str,
+        config_path: Path,
         checks: tuple[DrillCheck, ...],
         owner: tuple[int, int] | None,
         scratch_root: Path | None = None,
@@ -113,7 +121,7 @@ class Drill:
         self.context = context
         self.manifest = manifest
         self.target = target
-        self.restore_command = restore_command
+        self.config_path = config_path
         self.checks = checks
         self.owner = owner
         self.scratch_root = scratch_root
@@ -130,14 +138,16 @@ class Drill:
         )  # fmt: skip
         scratch: Path | None = None
         instance: Instance | None = None
+        fetching: WalServer | None = None
         try:
             scratch = self._scratch()
+            fetching = self._serve_wal(scratch)
             archive = self._archive_check()
             report.checks.append(archive)
             if not archive.ok and archive.detail.startswith("the backup's own WAL"):
                 report.error = archive.detail
                 return report
-            instance = self._recover(scratch / "data", report)
+            instance = self._recover(scratch / "data", report, fetching)
             self._check(instance, report)
         except (PgwardenError, OSError) as exc:
             report.error = str(exc)
@@ -145,6 +155,9 @@ class Drill:
             self.finishing = True
             if instance is not None:
                 instance.stop("immediate")
+            if fetching is not None:
+                fetching.stop()
+                fetching.fetcher.stop()
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
             report.finished_at = datetime.now(UTC).isoformat()
@@ -166,10 +179,31 @@ class Drill:
             os.chown(scratch, *self.owner)
         return scratch
 
-    def _recover(self, data_dir: Path, report: DrillReport) -> Instance:
+    def _serve_wal(self, scratch: Path) -> WalServer | None:
+        """A fetcher for the scratch instance, as the agent has one for its own: replay
+        takes prefetched segments from a spool instead of one download per process."""
+        socket = scratch / "wal.sock"
+        if len(str(socket)) > MAX_SOCKET_PATH:
+            return None  # restore_command goes to storage directly, slower
+        fetcher = Fetcher(
+            self.context.wal, scratch / "wal-spool", owner=self.owner,
+            segment_size=lambda: self.manifest.segment_size,
+        )  # fmt: skip
+        server = WalServer(socket, None, fetcher, scratch / "data" / "pg_wal", self.owner)
+        server.start()
+        return server
+
+    def _restore_command(self, fetching: WalServer | None) -> str:
+        if fetching is None:
+            return pgwarden_command(self.config_path, "wal-fetch", "%f", "%p")
+        spool = fetching.fetcher.spool
+        return wal_restore_command(self.config_path, str(fetching.path), spool)
+
+    def _recover(self, data_dir: Path, report: DrillReport, fetching: WalServer | None) -> Instance:
         started = time.monotonic()
         request = RestoreRequest(
-            target_dir=data_dir, owner=self.owner, restore_command=self.restore_command,
+            target_dir=data_dir, owner=self.owner,
+            restore_command=self._restore_command(fetching),
             settings=self.target.settings(),
         )  # fmt: skip
         result = RestoreRun(
@@ -208,6 +242,10 @@ class Drill:
                 raise PgwardenError("the drill instance did not finish recovery in time")
             time.sleep(0.1)
         report.replay_s = round(time.monotonic() - replay_started, 3)
+        if fetching is not None:
+            fetched = fetching.fetcher.snapshot()
+            report.wal_files_fetched = fetched["served"]
+            report.wal_files_prefetched = fetched["prefetch_hits"]
         report.rto_s = round(time.monotonic() - started, 3)
         self._positions(spec, report)
         return instance
