@@ -291,7 +291,8 @@ class Agent:
     def _ticked(self, result: TickResult) -> None:
         """Readiness for systemd (Type=notify): the first completed tick means the store
         session is up, the API listens (started before the loop) and this member has
-        registered and acted on the cluster; later ticks update the status line."""
+        registered and carried out its first decision (perhaps to wait); later ticks
+        update the status line when the decision changes."""
         if not self._notified_ready:
             self._notified_ready = True
             self.systemd.ready(result.reason)
