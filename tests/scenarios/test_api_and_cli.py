@@ -130,7 +130,7 @@ def test_metrics_say_who_is_primary_and_how_far_replicas_lag(cluster: HaCluster)
         time.sleep(0.1)
         on_replica = scrape(cluster, replica)
     assert on_replica[("pgwarden_backups", "")] == 0
-    assert on_replica[("pgwarden_storage_summary_ok", "")] == 1
+    assert on_replica[("pgwarden_storage_read_ok", "")] == 1
 
 
 def test_list_shows_every_member_with_its_role_and_decision(cluster: HaCluster) -> None:

@@ -175,15 +175,15 @@ def test_newest_stored_backup() -> None:
     assert one(status, "pgwarden_backup_last_size_bytes", kind="full") == 1_000_000
     assert one(status, "pgwarden_backup_last_stored_bytes", kind="full") == 250_000
     assert one(status, "pgwarden_backups") == 4
-    assert one(status, "pgwarden_storage_summary_age_seconds") == 60.0
-    assert one(status, "pgwarden_storage_summary_ok") == 1
+    assert one(status, "pgwarden_storage_read_age_seconds") == 60.0
+    assert one(status, "pgwarden_storage_read_ok") == 1
     assert one(status, "pgwarden_backup_scheduled_last_success") == 1
 
 
 def test_a_failed_storage_read_is_reported_with_the_values_read_before() -> None:
     status = full_status()
     status["stored"]["error"] = "storage unreachable"
-    assert one(status, "pgwarden_storage_summary_ok") == 0
+    assert one(status, "pgwarden_storage_read_ok") == 0
     assert one(status, "pgwarden_backup_last_age_seconds", kind="full") == 7 * 3600.0
 
 

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
-from metrics_samples import all_sample_names
+from metrics_samples import all_sample_names, full_status
+from pgwarden.agent.metrics import registry_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -20,12 +22,18 @@ RULES_TEST = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 RUNBOOK_BASE = "https://github.com/pgwarden/pgwarden/blob/main/"
 
 
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     tool = shutil.which("promtool")
     if tool is None:
         pytest.fail("promtool is missing: run scripts/install-system-packages.sh (make install)")
     return subprocess.run(
-        [tool, *args], capture_output=True, text=True, timeout=60, check=False, cwd=RULES.parent
+        [tool, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=RULES.parent,
     )
 
 
@@ -83,3 +91,12 @@ def test_docs_metrics_lists_every_metric_and_alert() -> None:
     assert documented == all_sample_names()
     listed = set(re.findall(r"^\| `(Pgwarden[A-Za-z]+)`", text, re.M))
     assert listed == {rule["alert"] for rule in alerts()}
+
+
+@pytest.mark.parametrize("role", ["primary", "replica"])
+def test_promtool_lints_the_exposition_clean(role: str) -> None:
+    status = full_status(role=role, holds_lease=role == "primary", lease_seconds_left=2.0)
+    result = promtool(
+        "check", "metrics", stdin=generate_latest(registry_for(lambda: status)).decode()
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

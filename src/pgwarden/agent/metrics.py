@@ -151,13 +151,13 @@ def _backup(out: _Families, status: Status, now: float) -> None:
     if stored is not None:
         read_at = _number(stored.get("read_at"))
         out.gauge(
-            "storage_summary_age_seconds",
+            "storage_read_age_seconds",
             "Seconds since the newest backup and drill were read from storage "
             "(the agent reads them in the background every few minutes).",
             None if read_at is None else max(0.0, now - read_at),
         )
         out.gauge(
-            "storage_summary_ok",
+            "storage_read_ok",
             "1 if the last read of backups and drills from storage succeeded.",
             int(stored.get("error") is None),
         )
