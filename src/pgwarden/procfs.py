@@ -32,7 +32,24 @@ def stat(pid: int) -> ProcStat | None:
     # The name is in parentheses and may contain spaces; the fields follow the last ')'.
     fields = raw[raw.rindex(")") + 2 :].split()
     comm = raw[raw.index("(") + 1 : raw.rindex(")")]
-    return ProcStat(pid, comm, fields[0], int(fields[1]), int(fields[2]), int(fields[19]))
+    state = fields[0]
+    if state == "Z":
+        state = _live_thread_state(pid) or state
+    return ProcStat(pid, comm, state, int(fields[1]), int(fields[2]), int(fields[19]))
+
+
+def _live_thread_state(pid: int) -> str | None:
+    """The state of a thread still running in a process whose main thread ended: its
+    leader shows as a zombie, but the process lives on (and holds its sockets)."""
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            raw = (task / "stat").read_text()
+            state = raw[raw.rindex(")") + 2 :].split()[0]
+            if state not in _GONE:
+                return state
+    except OSError:
+        return None
+    return None
 
 
 def start_ticks(pid: int) -> int | None:
