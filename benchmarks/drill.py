@@ -92,6 +92,8 @@ def run(scale: int, seconds: int) -> dict[str, Any]:
             "replay_s": report["replay_s"],
             "rto_s": report["rto_s"],
             "rpo_s": report["rpo_s"],
+            "wal_files_fetched": report.get("wal_files_fetched"),
+            "wal_files_prefetched": report.get("wal_files_prefetched"),
             "checks_passed": report["checks_passed"],
             "checks_failed": report["checks_failed"],
             "checks": [(c["name"], c["ok"]) for c in report["checks"]],

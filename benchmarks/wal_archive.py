@@ -139,6 +139,10 @@ def run(seconds: int, scale: int, direct_sample: int) -> dict[str, Any]:
             if n in watcher.done_at
         ]
         archived = sorted(watcher.done_at)
+        slowest = sorted(
+            ((n, round((watcher.done_at[n] - watcher.ready_at[n]) * 1000, 1)) for n in archived),
+            key=lambda pair: -pair[1],
+        )[:3]
         with urllib.request.urlopen(lab.agent_url(primary) + "/status", timeout=5) as answer:
             wal_status = json.load(answer).get("wal") or {}
         with lab.connect(primary, autocommit=True) as conn:
@@ -160,7 +164,9 @@ def run(seconds: int, scale: int, direct_sample: int) -> dict[str, Any]:
             "segments_archived": len(archived),
             "push_latency_ms_p50": round(statistics.median(latencies), 1) if latencies else None,
             "push_latency_ms_p99": round(percentile(latencies, 0.99), 1) if latencies else None,
+            "push_latency_ms_p90": round(percentile(latencies, 0.9), 1) if latencies else None,
             "push_latency_ms_max": round(max(latencies), 1) if latencies else None,
+            "push_slowest": slowest,  # (segment, ms): what sets p99 in a short run
             "max_ready_backlog": watcher.max_ready,
             "precompressed": wal_status.get("precompressed"),
             "fetch_segments_per_s": round(through_agent, 1),
