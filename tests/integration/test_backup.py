@@ -423,6 +423,8 @@ def test_restore_to_each_kind_of_target_shows_exactly_the_rows_before_it(
         target = archived.target(f"restored-{number}")
         done = archived.pgw("restore", "--target-dir", str(target), *options)
         assert done.returncode == 0, (options, done.stderr)
+        # A copy started as restored never writes into the archive it came from.
+        assert auto_conf(target)["archive_mode"] == "off"
         member = archived.start(target)
         found = [n for (n,) in archived.query(member, "SELECT n FROM t ORDER BY n")]
         assert found == rows, options
@@ -438,6 +440,24 @@ def test_restore_to_each_kind_of_target_shows_exactly_the_rows_before_it(
     ):
         refused = archived.pgw("restore", "--target-dir", str(archived.target("x")), *options)
         assert refused.returncode == 1 and refused.stderr.startswith(message), refused.stderr
+
+
+def auto_conf(data_dir: Path) -> dict[str, str]:
+    """postgresql.auto.conf's settings; the last line of a name wins, as in PostgreSQL."""
+    found = {}
+    for line in (data_dir / "postgresql.auto.conf").read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            found[name.strip()] = value.strip().strip("'")
+    return found
+
+
+def test_a_restore_for_disaster_recovery_keeps_archiving_when_asked(archived: Archived) -> None:
+    archived.json("backup", "create")
+    target = archived.target("dr")
+    done = archived.pgw("restore", "--target-dir", str(target), "--archive")
+    assert done.returncode == 0, done.stderr
+    assert "archive_mode" not in auto_conf(target)
 
 
 def backup_time(archived: Archived, ident: str) -> datetime:

@@ -348,12 +348,19 @@ _TARGET_OPTIONS = [
     help="Restore over an existing directory, keeping files that already match.",
 )
 @click.option("--standby", is_flag=True, help="Start as a standby (standby.signal).")
+@click.option(
+    "--archive",
+    is_flag=True,
+    help="Keep the backup's archive_command: the copy archives into the same archive once it "
+    "runs (a disaster recovery that replaces the cluster). Default: archive_mode = off, so a "
+    "test copy's new timeline never reaches the production archive.",
+)
 @target_options
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=2, show_default=True)
 @output_option
 def restore_command(
     config_path: Path, selector: str, target_dir: Path, delta: bool, standby: bool,
-    jobs: int, output: str, **targets: Any,
+    archive: bool, jobs: int, output: str, **targets: Any,
 ) -> None:  # fmt: skip
     """Restore a base backup, with recovery settings that fetch WAL from the archive.
 
@@ -379,7 +386,7 @@ def restore_command(
         owner=restore_owner(settings),
         restore_command=pgwarden_command(config_path, "wal-fetch", "%f", "%p"),
         standby=standby,
-        settings=target.settings(),
+        settings=target.settings() | ({} if archive else {"archive_mode": "off"}),
     )
     with _progress("restore", output) as progress:
         result = RestoreRun(
