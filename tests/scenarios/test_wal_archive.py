@@ -134,3 +134,32 @@ def test_an_archive_outage_keeps_wal_and_catches_up(
     assert shown["pending_segments"] == 0 and shown["last_archived"]
     code, report, err = pgwarden(cluster, "check")
     assert code == 0 and report["gaps"] == [], (report, err)
+
+
+def test_with_archive_mode_always_a_standby_archives_what_it_received(
+    make_ha_cluster: Callable[..., HaCluster],
+) -> None:
+    cluster = make_ha_cluster(
+        nodes=2, synchronous_mode="off", agent_overrides={"wal": {"archive_mode": "always"}}
+    )
+    primary = cluster.wait_converged()
+    (replica,) = [name for name in cluster.names() if name != primary]
+    assert sql(cluster, replica, "SHOW archive_mode") == [("always",)]
+    # The primary's agent freezes, so its archive_command waits: only the replica's agent
+    # can store this WAL.
+    os.kill(cluster.agent_pid(primary), signal.SIGSTOP)
+    try:
+        sql(cluster, primary, "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n")
+        (segment,) = sql(cluster, primary, "SELECT pg_walfile_name(pg_switch_wal())")[0]
+        poll_until(
+            lambda: (sql(cluster, replica, "SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
+                     or "") >= segment,
+            30,
+        )  # fmt: skip
+        primary_archived = sql(cluster, primary, "SELECT last_archived_wal FROM pg_stat_archiver")
+        assert (primary_archived[0][0] or "") < segment
+    finally:
+        os.kill(cluster.agent_pid(primary), signal.SIGCONT)
+    # The primary's own push of the same segments later finds them stored, identical.
+    archived_up_to_now(cluster, primary)
+    assert events(cluster, "archive_conflict") == []
