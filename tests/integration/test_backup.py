@@ -510,13 +510,14 @@ def test_a_drill_restores_checks_and_reports(archived: Archived) -> None:
     report = json.loads(done.stdout)
     assert report["backup"] == backup["id"] and report["error"] is None
     results = {c["name"]: (c["ok"], c["detail"]) for c in report["checks"]}
-    for name in ("archive", "consistent", "amcheck", "accounts", "checksums"):
+    for name in ("archive", "consistent", "replay", "amcheck", "accounts", "checksums"):
         assert results[name][0], (name, results[name])
     assert results["too-many"] == (
         False,
         "'SELECT count(*) FROM pgbench_accounts' returned 100000, below the minimum 200000",
     )
-    assert (report["checks_passed"], report["checks_failed"]) == (5, 1)
+    assert results["replay"][0], results["replay"]  # to the newest archived segment
+    assert (report["checks_passed"], report["checks_failed"]) == (6, 1)
     assert report["rto_s"] >= report["restore_s"] + report["replay_s"] - 0.01
     assert report["recovered_lsn"] and report["downloaded_bytes"] > 0
     # Replay took the WAL from the drill's own fetcher, not one download per process.
@@ -562,6 +563,27 @@ def test_a_drill_with_a_missing_wal_segment_names_it(archived: Archived) -> None
     (Path(archived.storage["directory"]) / "lab" / "wal" / "00000001" / first).unlink()
     report = drill(archived)
     assert report["error"] == f"the backup's own WAL is not all archived: missing {first}"
+
+
+def test_a_damaged_wal_object_after_the_backup_fails_the_drill(archived: Archived) -> None:
+    # PostgreSQL takes a WAL file it cannot fetch for the end of the archive and promotes
+    # early: only comparing where replay stopped with the archive's end tells.
+    archived.pgbench_init(1)
+    backup = archived.json("backup", "create")
+    for _ in range(3):
+        archived.sql("INSERT INTO pgbench_history SELECT 1, 1, 1, 1, now()")
+        archived.archive_current_wal()
+    last = backup["wal"].split("..")[1]
+    wal = Path(archived.storage["directory"]) / "lab" / "wal" / "00000001"
+    victim = min(p for p in wal.iterdir() if len(p.name) == 24 and p.name > last)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    report = drill(archived)
+    results = {c["name"]: (c["ok"], c["detail"]) for c in report["checks"]}
+    assert results["archive"][0]  # every object is there
+    ok, detail = results["replay"]
+    assert not ok and "before the newest archived segment" in detail, detail
 
 
 def test_a_heap_page_only_amcheck_can_see_is_caught(archived: Archived) -> None:

@@ -244,3 +244,15 @@ def test_a_failing_or_hanging_command_is_logged_and_never_blocks(tmp_path: Path)
         f"{sys.executable} exited with code 3: pager down",
         f"{sys.executable} ran past 0.3 s and was killed",
     ]
+
+
+def test_a_stopping_agent_starts_no_drill_and_reports_no_failure(tmp_path: Path) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    drills = scheduler(tmp_path, f"print(json.dumps({REPORT!r}))", events)
+    drills.stop()
+
+    outcome = drills.take()
+
+    assert not (tmp_path / "argv.json").exists()  # no child was started
+    assert [kind for kind, _ in events] == ["drill_aborted"]
+    assert drills.status()["last"] is None and outcome is not None

@@ -416,3 +416,16 @@ def test_the_spool_starts_empty(
     fetcher = make_fetcher(depth=3)
     assert spooled(spool) == set()
     assert fetcher.fetch(seg(1, 2), pg_wal / "RECOVERYXLOG") is False
+
+
+def test_a_destination_that_cannot_be_written_is_an_error(
+    make_fetcher: Callable[..., Fetcher],
+    archived: Callable[..., dict[str, bytes]],
+    tmp_path: Path,
+    spool: Path,
+) -> None:
+    archived(seg(1, 1))
+    fetcher = make_fetcher(depth=1)
+    with pytest.raises(FileNotFoundError):
+        fetcher.fetch(seg(1, 1), tmp_path / "no-such-dir" / "RECOVERYXLOG")
+    assert spooled(spool) == {seg(1, 1)}  # kept for the next ask

@@ -196,10 +196,7 @@ class DrillScheduler:
         stopped: str | None = None
         try:
             with self._lock:
-                self._child = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, text=True,
-                )  # fmt: skip
+                self._child = self._spawn(argv)
             out, err, stopped = self._wait(self._child, began)
             code = self._child.returncode
         except OSError as exc:
@@ -209,6 +206,12 @@ class DrillScheduler:
                 self._child = None
             self.started_at = None
         outcome = _outcome(code, out, err, self.clock(), stopped)
+        if self._stop.is_set():
+            # Aborted by the agent's own shutdown: not a verdict on the backups, so neither a
+            # failure event nor the last result (the drill stored no report either).
+            log.warning("drill.aborted", member=self.member, reason=outcome.reason)
+            self.event("drill_aborted", {"member": self.member, "reason": outcome.reason})
+            return outcome
         self.last = outcome
         if outcome.ok:
             log.info("drill.passed", member=self.member, id=outcome.id, rto_s=outcome.rto_s)
@@ -224,6 +227,15 @@ class DrillScheduler:
                 "error": outcome.error,
             })  # fmt: skip
         return outcome
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[str]:
+        """The drill's child process (called under the lock `stop` takes)."""
+        if self._stop.is_set():  # the agent is stopping: start nothing it would orphan
+            raise OSError("the agent is stopping")
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
 
     def _wait(self, child: subprocess.Popen[str], began: float) -> tuple[str, str, str | None]:
         """The child's output; past the limit and grace it is stopped, and why is returned."""

@@ -23,7 +23,6 @@ from pgwarden.cli.backup_cmd import (
 from pgwarden.cli.common import config_option
 from pgwarden.cli.render import emit_json, fail, output_option, table
 from pgwarden.config import load_config
-from pgwarden.errors import PgwardenError
 
 if TYPE_CHECKING:
     from pgwarden.drill.runner import Drill
@@ -97,8 +96,12 @@ def run_command(config_path: Path, selector: str, scratch_dir: Path | None,
         settings.drill.checks, restore_owner(settings), scratch_dir or settings.drill.scratch_dir,
     )  # fmt: skip
     limit = max_duration if max_duration is not None else settings.drill.max_duration
-    with _stoppable(drill, limit):
+    with _stoppable(drill, limit) as aborted:
         report = drill.run().to_json()
+    if aborted:
+        # Stopped from outside (the agent or host shutting down): says nothing about the
+        # backups, so no report is stored to count as the newest drill.
+        fail(f"the drill was aborted by {aborted[0]}; no report stored")
     key = f"{context.layout.drills_prefix}{report['id']}.json"
     context.store.put(key, json.dumps(report, indent=2).encode())
     if output == "json":
@@ -109,27 +112,28 @@ def run_command(config_path: Path, selector: str, scratch_dir: Path | None,
         raise SystemExit(1)
 
 
-class DrillStoppedError(PgwardenError):
-    """The drill was stopped from outside: its time limit passed, or SIGTERM."""
-
-
 @contextmanager
-def _stoppable(drill: Drill, limit: float) -> Iterator[None]:
-    """Stop the drill (its cleanup still runs) at its time limit or on SIGTERM."""
+def _stoppable(drill: Drill, limit: float) -> Iterator[list[str]]:
+    """Stop the drill (its cleanup still runs) at its time limit or on SIGTERM; yields a
+    list that holds the signal's name once SIGTERM aborted the drill."""
 
     from pgwarden.drill.plan import time_verdict  # noqa: PLC0415
+    from pgwarden.drill.runner import DrillStoppedError  # noqa: PLC0415
+
+    aborted: list[str] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         if drill.finishing:
             return  # cleanup runs; interrupting it would leave the scratch instance behind
         if signum == signal.SIGALRM:
             raise DrillStoppedError(time_verdict(limit, limit).reason)
-        raise DrillStoppedError(f"the drill was stopped by {signal.Signals(signum).name}")
+        aborted.append(signal.Signals(signum).name)
+        raise DrillStoppedError(f"the drill was stopped by {aborted[0]}")
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGALRM, signal.SIGTERM)}
     signal.setitimer(signal.ITIMER_REAL, limit)
     try:
-        yield
+        yield aborted
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in previous.items():

@@ -33,14 +33,23 @@ from pgwarden.drill.plan import disk_verdict
 from pgwarden.errors import PgwardenError
 from pgwarden.invocation import pgwarden_command, wal_restore_command
 from pgwarden.lab.net import free_port
+from pgwarden.logs import get_logger
+from pgwarden.model import Lsn
 from pgwarden.postgres import sql
 from pgwarden.postgres.conf import InstanceSpec
 from pgwarden.postgres.instance import Instance
 from pgwarden.wal.check import check_archive
 from pgwarden.wal.fetcher import Fetcher
+from pgwarden.wal.names import parse_segment_name, segment_start_lsn
+
+log = get_logger("drill")
 
 RECOVERY_TIMEOUT = 3600.0
 MAX_SOCKET_PATH = 100  # a unix socket path has room for 107 bytes
+
+
+class DrillStoppedError(PgwardenError):
+    """The drill was stopped from outside: its time limit passed, or SIGTERM."""
 
 
 @dataclass
@@ -127,6 +136,7 @@ class Drill:
         self.scratch_root = scratch_root
         # Set once cleanup began: a stop request (time limit, SIGTERM) must not interrupt it.
         self.finishing = False
+        self.archive_end: str | None = None  # the newest archived segment on the path
 
     def run(self) -> DrillReport:
         now = datetime.now(UTC)
@@ -183,14 +193,19 @@ class Drill:
         """A fetcher for the scratch instance, as the agent has one for its own: replay
         takes prefetched segments from a spool instead of one download per process."""
         socket = scratch / "wal.sock"
-        if len(str(socket)) > MAX_SOCKET_PATH:
+        if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
             return None  # restore_command goes to storage directly, slower
         fetcher = Fetcher(
             self.context.wal, scratch / "wal-spool", owner=self.owner,
             segment_size=lambda: self.manifest.segment_size,
         )  # fmt: skip
         server = WalServer(socket, None, fetcher, scratch / "data" / "pg_wal", self.owner)
-        server.start()
+        try:
+            server.start()
+        except OSError as exc:  # an optional speed-up: replay fetches directly instead
+            fetcher.stop()
+            log.warning("drill.no_fetcher", reason=str(exc))
+            return None
         return server
 
     def _restore_command(self, fetching: WalServer | None) -> str:
@@ -277,12 +292,17 @@ class Drill:
     def _check(self, instance: Instance, report: DrillReport) -> None:
         spec = instance.spec
         report.checks.append(CheckResult("consistent", True, "recovery finished; queries run"))
+        replay = self._replay_check(report)
+        if replay is not None:
+            report.checks.append(replay)
         report.checks.append(self._amcheck(spec))
         for check in self.checks:
             try:
                 with sql.connect(spec, timeout=5.0) as conn:
                     row = conn.execute(check.sql).fetchone()
                 ok, detail = check_value(check, None if row is None else row[0])
+            except DrillStoppedError:
+                raise
             except Exception as exc:  # noqa: BLE001 - a failing query fails the check
                 ok, detail = False, f"{check.sql!r} failed: {str(exc).strip()}"
             report.checks.append(CheckResult(check.name, ok, detail))
@@ -306,10 +326,27 @@ class Drill:
                 f"{len(gaps)} WAL segment(s) missing after the backup: {shown}; recovery "
                 "stops at the first",
             )  # fmt: skip
+        self.archive_end = found.continuity.last
         return CheckResult(
             "archive", True,
             f"{found.continuity.checked} segment(s) from {found.continuity.first} to "
             f"{found.continuity.last}, no gap",
+        )  # fmt: skip
+
+    def _replay_check(self, report: DrillReport) -> CheckResult | None:
+        """Without a target, replay must reach the newest archived segment: a fetch that
+        failed looks to PostgreSQL like the end of the archive, and it would promote early."""
+        if self.target.kind is not None or self.archive_end is None or not report.recovered_lsn:
+            return None
+        size = self.manifest.segment_size
+        _, segno = parse_segment_name(self.archive_end, size)
+        recovered = Lsn.parse(report.recovered_lsn)
+        if recovered >= segment_start_lsn(segno, size):
+            return CheckResult("replay", True, f"replay reached {self.archive_end}")
+        return CheckResult(
+            "replay", False,
+            f"replay stopped at {recovered}, before the newest archived segment "
+            f"{self.archive_end} (a WAL file could not be fetched)",
         )  # fmt: skip
 
     def _checksums(self, instance: Instance) -> CheckResult | None:

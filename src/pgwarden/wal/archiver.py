@@ -121,7 +121,8 @@ class Archiver:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        self._marker_watch.close()
+        if not self._thread.is_alive():  # else it may still wait on the descriptor
+            self._marker_watch.close()
         # Not waiting: an upload hanging on unreachable storage must not hold up shutdown.
         self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -21,7 +21,9 @@ from pgwarden.logs import get_logger
 log = get_logger("wal.dirwatch")
 
 IN_CREATE = 0x00000100
+IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
+IN_DELETE = 0x00000200
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 IN_IGNORED = 0x00008000
@@ -29,11 +31,12 @@ _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 
 
 class DirectoryWatch:
-    """`wait(timeout)` returns as soon as a file is created in (or moved into) `directory`,
-    or after `timeout` seconds; True if something appeared."""
+    """`wait(timeout)` returns as soon as a file is created in (or moved into) `directory`
+    (or whatever `mask` names), or after `timeout` seconds; True if something happened."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, mask: int = 0) -> None:
         self.directory = directory
+        self.mask = mask or IN_CREATE | IN_MOVED_TO
         self._fd: int | None = None
         self._watching = False
         try:
@@ -68,8 +71,7 @@ class DirectoryWatch:
         if self._watching:
             return True
         assert self._fd is not None
-        mask = IN_CREATE | IN_MOVED_TO
-        if self._add_watch(self._fd, os.fsencode(self.directory), mask) >= 0:
+        if self._add_watch(self._fd, os.fsencode(self.directory), self.mask) >= 0:
             self._watching = True
         return self._watching
 

@@ -11,7 +11,7 @@ served.
 
 A prefetched file appears in the spool only complete and owned by PostgreSQL's user (it is
 downloaded into `.incoming/` and renamed), so restore_command takes it with a plain `mv`
-before it starts the Python client at all (see `invocation.wal_client_command`), like
+before it starts the Python client at all (see `invocation.wal_restore_command`), like
 pgBackRest's asynchronous spool. The fetcher notices such a file gone and prefetches on.
 """
 
@@ -28,6 +28,7 @@ from typing import Any
 
 from pgwarden.logs import get_logger
 from pgwarden.wal.archive import WalArchive
+from pgwarden.wal.dirwatch import IN_DELETE, IN_MOVED_FROM, DirectoryWatch
 from pgwarden.wal.names import kind_of, parse_history_file_name, parse_segment_name, segment_name
 
 log = get_logger("wal.fetcher")
@@ -35,7 +36,8 @@ log = get_logger("wal.fetcher")
 DEPTH = 8
 INCOMING = ".incoming"
 # How often the spool is looked at, while it holds prefetched files, for ones restore_command
-# took with `mv`.
+# took with `mv`: with inotify (woken at once) and without it.
+WATCHED_POLL = 0.25
 TAKEN_POLL = 0.01
 
 
@@ -59,6 +61,7 @@ class Fetcher:
         self.served = 0
         self.prefetched_hits = 0
         self._clear_spool()
+        self._spool_watch = DirectoryWatch(spool, mask=IN_MOVED_FROM | IN_DELETE)
         self._watcher = threading.Thread(target=self._watch_taken, name="fetcher-watch",
                                          daemon=True)  # fmt: skip
         self._watcher.start()
@@ -71,6 +74,8 @@ class Fetcher:
         self._stop.set()
         self._wake.set()
         self._watcher.join(timeout=5)
+        if not self._watcher.is_alive():
+            self._spool_watch.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _clear_spool(self) -> None:
@@ -85,17 +90,22 @@ class Fetcher:
     def fetch(self, name: str, dest: Path) -> bool:
         """Put archived `name` at `dest`; False if it is not archived."""
         kind = kind_of(name)
-        found = self._get(name)
-        if not found:
-            return False  # no prefetching past the end of the archive
+        for attempt in (1, 2):
+            if not self._get(name):
+                return False  # no prefetching past the end of the archive
+            try:
+                self._hand_over(name, dest)
+                break
+            except FileNotFoundError:
+                # restore_command's mv took the spooled file meanwhile: download it again,
+                # once; anything else (dest's directory is gone) is an answer of its own.
+                if attempt == 2 or self._spooled(name).exists():
+                    raise
         if kind == "history":
             with self._lock:
                 self._timelines.add(parse_history_file_name(name))
-        try:
-            self._hand_over(name, dest)
-        except FileNotFoundError:  # restore_command took it meanwhile: download it again
-            return self.fetch(name, dest)
-        self.served += 1
+        with self._lock:
+            self.served += 1
         if kind == "segment":
             self._prefetch_after(name)
         return True
@@ -169,7 +179,10 @@ class Fetcher:
                 for t in sorted(timelines)
             ]
             for future_name in wanted:
-                if future_name in self._inflight or self._spooled(future_name).exists():
+                # Placed and gone: restore_command took it, the watcher has yet to notice.
+                if future_name in self._inflight or future_name in self._placed:
+                    continue
+                if self._spooled(future_name).exists():
                     continue
                 future = self._pool.submit(self._download_quietly, future_name)
                 self._inflight[future_name] = future
@@ -213,7 +226,8 @@ class Fetcher:
             try:
                 present = {entry.name for entry in self.spool.iterdir()}
             except OSError:
-                present = set()
+                self._stop.wait(TAKEN_POLL)
+                continue
             with self._lock:
                 taken = sorted(n for n in placed - present if n in self._placed)
                 self._placed.difference_update(taken)
@@ -222,7 +236,9 @@ class Fetcher:
             segments = [name for name in taken if kind_of(name) == "segment"]
             if segments:
                 self._prefetch_after(max(segments, key=self._position))
-            self._stop.wait(TAKEN_POLL)
+            # Woken when a file leaves the spool; a file nobody takes (a standby that went
+            # on to stream) costs a look every WATCHED_POLL, not every TAKEN_POLL.
+            self._spool_watch.wait(WATCHED_POLL if self._spool_watch.active else TAKEN_POLL)
 
     def _position(self, name: str) -> tuple[int, int]:
         timeline, segno = parse_segment_name(name, self.segment_size)
