@@ -263,7 +263,7 @@ def test_the_drill_status_is_read_defensively(drill: object) -> None:
 
 
 def test_the_drill_status_as_a_report_with_an_epoch_time() -> None:
-    drill = {"last_report": {"ok": True, "finished_at": NOW - 10.0, "rto_s": 1.5}}
+    drill = {"last": {"ok": True, "finished_at": NOW - 10.0, "rto_s": 1.5}}
     status = full_status(drill=drill, stored=None)
     assert one(status, "pgwarden_drill_last_success") == 1
     assert one(status, "pgwarden_drill_last_age_seconds") == 10.0

@@ -23,7 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pgwarden.drill.plan import MemberChoice, choose_drill_member, next_drill, time_verdict
+from pgwarden.drill.plan import (
+    MemberChoice,
+    choose_drill_member,
+    failed_checks_sentence,
+    next_drill,
+    time_verdict,
+)
 from pgwarden.logs import get_logger
 from pgwarden.model import ClusterState
 from pgwarden.peers import request_json
@@ -56,9 +62,7 @@ class DrillOutcome:
             return None
         if self.error is not None:
             return self.error
-        return "failed checks: " + "; ".join(
-            f"{c['name']}: {c['detail']}" for c in self.failed_checks
-        )
+        return failed_checks_sentence(self.failed_checks)
 
     def to_json(self, now: datetime) -> dict[str, Any]:
         return {

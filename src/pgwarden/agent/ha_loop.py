@@ -247,10 +247,14 @@ class HaLoop:
             started = time.monotonic()
             try:
                 result = self.tick()
-                self.on_tick(result)
             except Exception as exc:
                 log.exception("ha.tick_failed", error=str(exc))
                 result = None
+            if result is not None:
+                try:
+                    self.on_tick(result)
+                except Exception as exc:  # readiness reporting must not undo a tick
+                    log.exception("ha.on_tick_failed", error=str(exc))
             config = self.cluster.config
             wait = config.loop_wait
             if result is not None and result.acted and self._follow_up:

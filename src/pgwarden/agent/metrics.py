@@ -201,12 +201,8 @@ def _newest_drill(status: Status) -> Status | None:
     if stored is not None:
         found.append(stored)
     agent = _nested(status, "drill")
-    if agent is not None:
-        for key in ("last", "last_report", "report"):
-            inner = agent.get(key)
-            if isinstance(inner, Mapping):
-                found.append(inner)
-                break
+    if agent is not None and isinstance(agent.get("last"), Mapping):
+        found.append(agent["last"])
     dated = [(_epoch(d.get("finished_at")), d) for d in found if "ok" in d]
     dated = [(at, d) for at, d in dated if at is not None]
     if not dated:

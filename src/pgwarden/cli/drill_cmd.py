@@ -204,9 +204,9 @@ def _age(report: dict[str, Any], now: datetime) -> str:
 
 
 def _failed_checks(report: dict[str, Any]) -> str:
-    return "failed checks: " + "; ".join(
-        f"{c['name']}: {c['detail']}" for c in report["checks"] if not c["ok"]
-    )
+    from pgwarden.drill.plan import failed_checks_sentence  # noqa: PLC0415
+
+    return failed_checks_sentence(c for c in report["checks"] if not c["ok"])
 
 
 @drill_group.command("show", epilog=_EXIT_CODES)

@@ -8,9 +8,10 @@ only when it is the cluster's only member.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from croniter import croniter
 
@@ -121,3 +122,8 @@ def _size(count: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def failed_checks_sentence(failed: Iterable[Mapping[str, Any]]) -> str:
+    """`failed checks: NAME: DETAIL; ...` for checks given as {name, detail} mappings."""
+    return "failed checks: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed)

@@ -14,6 +14,7 @@ import ctypes
 import os
 import select
 import struct
+import time
 from pathlib import Path
 
 from pgwarden.logs import get_logger
@@ -55,10 +56,11 @@ class DirectoryWatch:
 
     def wait(self, timeout: float) -> bool:
         if self._fd is None or not self._watch():
-            select.select([], [], [], timeout)
+            time.sleep(timeout)
             return False
-        ready, _, _ = select.select([self._fd], [], [], timeout)
-        if not ready:
+        poller = select.poll()  # not select(): an agent may hold descriptors past 1024
+        poller.register(self._fd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
             return False
         with contextlib.suppress(BlockingIOError):
             while data := os.read(self._fd, 65536):  # drain: one wake-up is enough
