@@ -167,9 +167,10 @@ class Drill:
                 instance.stop("immediate")
             if fetching is not None:
                 fetching.stop()
-                fetching.fetcher.stop()
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
+            if fetching is not None:  # last: it may wait for downloads from slow storage
+                fetching.fetcher.stop()
             report.finished_at = datetime.now(UTC).isoformat()
         return report
 
