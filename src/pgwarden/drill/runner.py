@@ -171,6 +171,8 @@ class Drill:
                 shutil.rmtree(scratch, ignore_errors=True)
             if fetching is not None:  # last: it may wait for downloads from slow storage
                 fetching.fetcher.stop()
+                if scratch is not None:  # what downloads in flight wrote meanwhile
+                    shutil.rmtree(scratch, ignore_errors=True)
             report.finished_at = datetime.now(UTC).isoformat()
         return report
 
