@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -450,6 +451,37 @@ def auto_conf(data_dir: Path) -> dict[str, str]:
         if sep and not line.lstrip().startswith("#"):
             found[name.strip()] = value.strip().strip("'")
     return found
+
+
+def test_wal_serve_feeds_a_restored_copy_from_its_spool(archived: Archived) -> None:
+    archived.sql("CREATE TABLE t (n int)")
+    archived.json("backup", "create")
+    for n in range(4):
+        archived.sql(f"INSERT INTO t VALUES ({n})")
+        archived.archive_current_wal()
+    target = archived.target("served")
+    done = archived.pgw("restore", "--target-dir", str(target))
+    assert done.returncode == 0, done.stderr
+    wal_socket = target.with_name(target.name + ".wal.sock")
+    serving = subprocess.Popen(
+        archived.argv("wal-serve", "--data-dir", str(target)), env=archived.environment(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        poll_until(wal_socket.exists, 30.0)
+        # A second server for the same copy is refused: it would steal the socket.
+        refused = archived.pgw("wal-serve", "--data-dir", str(target))
+        assert refused.returncode == 1 and "already serves" in refused.stderr
+        member = archived.start(target)
+        rows = archived.query(member, "SELECT n FROM t ORDER BY n")
+        assert rows == [(0,), (1,), (2,), (3,)]
+    finally:
+        serving.terminate()
+        _, err = serving.communicate(timeout=60)
+    served = re.search(r"served (\d+) WAL files \((\d+) prefetched\)", err)
+    assert served is not None, err
+    assert int(served[1]) >= 4 and int(served[2]) >= 1  # replay went through the spool
+    assert not wal_socket.exists()
 
 
 def test_a_restore_for_disaster_recovery_keeps_archiving_when_asked(archived: Archived) -> None:

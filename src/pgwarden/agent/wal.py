@@ -33,6 +33,13 @@ def wal_spool_path(data_dir: Path) -> Path:
     return data_dir.with_name(data_dir.name + ".wal-spool")
 
 
+def restored_wal_paths(data_dir: Path, socket: Path | None = None) -> tuple[Path, Path]:
+    """The WAL socket and fetch spool of the instance on `data_dir`: the agent's own layout,
+    so an agent that later runs the directory serves the same restore_command."""
+    spool = wal_spool_path(data_dir) / "fetched"
+    return socket or data_dir.with_name(data_dir.name + ".wal.sock"), spool
+
+
 class WalService:
     def __init__(
         self,

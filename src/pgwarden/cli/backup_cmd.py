@@ -384,7 +384,7 @@ def restore_command(
         delta=delta,
         jobs=jobs,
         owner=restore_owner(settings),
-        restore_command=pgwarden_command(config_path, "wal-fetch", "%f", "%p"),
+        restore_command=restore_command_for(settings, config_path, target_dir.absolute()),
         standby=standby,
         settings=target.settings() | ({} if archive else {"archive_mode": "off"}),
     )
@@ -433,6 +433,22 @@ def recovery_target(
     target = RecoveryTarget(kind, value, action, timeline)  # type: ignore[arg-type]
     check_target(target)
     return target
+
+
+MAX_SOCKET_PATH = 100  # a unix socket path has room for 107 bytes
+
+
+def restore_command_for(settings: Settings, config_path: Path, data_dir: Path) -> str:
+    """restore_command of a restored copy: through `pgwarden wal-serve` (or the agent, once
+    it runs the directory) when one answers on its socket, else straight from storage."""
+    from pgwarden.agent.wal import restored_wal_paths  # noqa: PLC0415
+    from pgwarden.invocation import wal_restore_command  # noqa: PLC0415
+
+    own = data_dir == settings.postgres.data_dir
+    socket, spool = restored_wal_paths(data_dir, settings.wal.socket if own else None)
+    if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+        return pgwarden_command(config_path, "wal-fetch", "%f", "%p")
+    return wal_restore_command(config_path, str(socket), spool)
 
 
 def restore_owner(settings: Settings) -> tuple[int, int] | None:

@@ -31,6 +31,7 @@ COMMANDS = {
     "restore": "pgwarden.cli.backup_cmd:restore_command",
     "wal-push": "pgwarden.cli.wal_cmd:wal_push_command",
     "wal-fetch": "pgwarden.cli.wal_cmd:wal_fetch_command",
+    "wal-serve": "pgwarden.cli.wal_cmd:wal_serve_command",
     "check": "pgwarden.cli.wal_cmd:check_command",
     "drill": "pgwarden.cli.drill_cmd:drill_group",
 }

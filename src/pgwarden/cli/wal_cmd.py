@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from pgwarden.cli.common import config_option
-from pgwarden.cli.render import emit_json, output_option
+from pgwarden.cli.render import emit_json, fail, output_option
 
 # restore_command: PostgreSQL treats exit 1 as "not archived" and stops recovery from
 # the archive; an exit code above 125 would make it abort.
@@ -60,6 +60,62 @@ def wal_fetch_command(
     context = BackupContext.from_settings(load_config(config_path))
     if not context.wal.fetch(name, destination):
         raise SystemExit(_NOT_FOUND)
+
+
+@click.command("wal-serve")
+@config_option
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The restored copy whose restore_command to serve.",
+)
+def wal_serve_command(config_path: Path, data_dir: Path) -> None:
+    """Serve restore_command for a copy made by `pgwarden restore`, until interrupted.
+
+    Prefetches the WAL replay needs next into a spool beside the directory, as the agent
+    does for its own instance, so replay takes each segment with a plain `mv` instead of
+    one download per process. Run it beside the restored PostgreSQL; without it (or an
+    agent running the directory) restore_command fetches straight from storage.
+    """
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from pgwarden.agent.wal import restored_wal_paths  # noqa: PLC0415
+    from pgwarden.agent.walserver import WalServer  # noqa: PLC0415
+    from pgwarden.backup.context import BackupContext  # noqa: PLC0415
+    from pgwarden.cli.backup_cmd import restore_owner  # noqa: PLC0415
+    from pgwarden.config import load_config  # noqa: PLC0415
+    from pgwarden.wal.client import answering  # noqa: PLC0415
+    from pgwarden.wal.fetcher import Fetcher  # noqa: PLC0415
+    from pgwarden.wal.names import DEFAULT_SEGMENT_SIZE  # noqa: PLC0415
+
+    settings = load_config(config_path)
+    data_dir = data_dir.absolute()
+    if not (data_dir / "PG_VERSION").is_file():
+        fail(f"{data_dir} is not a PostgreSQL data directory (restore one with pgwarden restore)")
+    own = data_dir == settings.postgres.data_dir
+    socket, spool = restored_wal_paths(data_dir, settings.wal.socket if own else None)
+    if answering(str(socket)):
+        fail(f"something already serves {data_dir}'s WAL on {socket} (its agent?)")
+    context = BackupContext.from_settings(settings)
+    owner = restore_owner(settings)
+    fetcher = Fetcher(context.wal, spool, segment_size=lambda: DEFAULT_SEGMENT_SIZE, owner=owner)
+    server = WalServer(socket, None, fetcher, data_dir / "pg_wal", owner)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+    server.start()
+    click.echo(f"serving the WAL of {data_dir} on {socket}; stop with Ctrl-C", err=True)
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+        fetcher.stop()
+    served = fetcher.snapshot()
+    click.echo(
+        f"served {served['served']} WAL files ({served['prefetch_hits']} prefetched)", err=True
+    )
 
 
 @click.command("check")

@@ -82,6 +82,19 @@ def ask(socket_path: str, request: list[str]) -> list[str]:
     return answer
 
 
+def answering(socket_path: str) -> bool:
+    """Whether something accepts connections on the WAL socket at `socket_path`."""
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        conn.settimeout(CONNECT_TIMEOUT)
+        conn.connect(socket_path)
+    except OSError:
+        return False
+    finally:
+        conn.close()
+    return True
+
+
 def _direct(command: str, argv: list[str]) -> int:
     try:
         from pgwarden.cli.main import main as cli_main  # noqa: PLC0415 - the slow path
