@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Sequence
 from pathlib import Path
 
 import click
 import pytest
 
-from pgwarden.cli.main import cli
+from cli_check import command_path
 
 RUNBOOKS = Path(__file__).resolve().parents[2] / "docs" / "runbooks"
 EXPECTED = {
@@ -21,29 +20,6 @@ EXPECTED = {
     "pitr.md",
     "maintenance-switchover.md",
 }
-
-
-def command_path(argv: Sequence[str], *, complete: bool) -> list[str]:
-    """The command path `argv` names (`["drill", "run"]`), parsed by every group and
-    command on the way as the program would: an unknown command or option raises a
-    click.UsageError. `complete=False` (a command named in prose) lets required
-    arguments and values go unchecked."""
-    ctx = cli.make_context("pgwarden", list(argv), resilient_parsing=not complete)
-    path: list[str] = []
-    command: click.Command = cli
-    while isinstance(command, click.Group):
-        # click 8.2+ keeps the subcommand and its arguments in _protected_args.
-        rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
-        if not rest:
-            break
-        name, sub, rest = command.resolve_command(ctx, rest)
-        assert name is not None and sub is not None
-        path.append(name)
-        command = sub
-        ctx = command.make_context(name, rest, parent=ctx, resilient_parsing=not complete)
-    if complete and isinstance(command, click.Group):
-        raise click.UsageError(f"{' '.join(path)} needs a subcommand")
-    return path
 
 
 def shell_commands(text: str) -> list[list[str]]:
