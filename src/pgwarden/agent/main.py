@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgwarden.agent import sdnotify
 from pgwarden.agent.api import ApiServer
@@ -38,6 +38,9 @@ from pgwarden.peers import configure_tls
 from pgwarden.postgres import sql
 from pgwarden.postgres.conf import InstanceSpec
 from pgwarden.postgres.instance import Instance
+
+if TYPE_CHECKING:
+    from pgwarden.backup.context import BackupContext
 
 log = get_logger("agent")
 
@@ -263,6 +266,7 @@ class Agent:
             metrics=self.metrics_status,
         )
         self.stored: StoredSummary | None = None
+        self._stored_context: BackupContext | None = None
         if config_path is not None:
             self.stored = StoredSummary(self._read_stored)
 
@@ -403,7 +407,9 @@ class Agent:
     def _read_stored(self) -> dict[str, Any]:
         from pgwarden.backup.context import BackupContext  # noqa: PLC0415
 
-        return read_stored_summary(BackupContext.from_settings(self.settings))
+        if self._stored_context is None:  # one storage client for every refresh
+            self._stored_context = BackupContext.from_settings(self.settings)
+        return read_stored_summary(self._stored_context)
 
     def live_status(self) -> dict[str, Any]:
         """Observed now, not at the last tick: peers compare WAL positions with it."""

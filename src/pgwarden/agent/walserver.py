@@ -33,6 +33,8 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         line = self.rfile.readline(65536).decode(errors="replace").rstrip("\n")
+        if not line:
+            return  # a connection that asks nothing (`pgwarden wal-serve` looking for us)
         answer = self._answer(line.split("\t"))
         self.wfile.write(("\t".join(answer).replace("\n", " ") + "\n").encode())
 
