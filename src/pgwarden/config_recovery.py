@@ -146,6 +146,10 @@ class DrillSettings(_Section):
     scratch_dir: AbsolutePath | None = None
     # A drill still running after this long is stopped and reported failed.
     max_duration: Seconds = Field(default=4 * 3600, gt=0)
+    # How deep pg_amcheck looks: "standard", heap and B-tree pages; "heapallindexed", also
+    # that every heap tuple has its index entries; "thorough", also parent/child and
+    # root-to-leaf B-tree checks (slower, stronger locks: fine on the scratch copy).
+    amcheck_depth: Literal["standard", "heapallindexed", "thorough"] = "standard"
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:

@@ -532,7 +532,8 @@ def test_a_drill_restores_checks_and_reports(archived: Archived) -> None:
         {"name": "accounts", "sql": "SELECT count(*) FROM pgbench_accounts", "min": 100000},
         {"name": "too-many", "sql": "SELECT count(*) FROM pgbench_accounts", "min": 200000},
     ]
-    config = archived.write_config("drill.yml", drill={"schedule": None, "checks": checks})
+    drill = {"schedule": None, "checks": checks, "amcheck_depth": "thorough"}
+    config = archived.write_config("drill.yml", drill=drill)
     archived.pgbench_init(1)
     backup = archived.json("backup", "create", config=config)
     archived.archive_current_wal()
@@ -549,6 +550,7 @@ def test_a_drill_restores_checks_and_reports(archived: Archived) -> None:
         "'SELECT count(*) FROM pgbench_accounts' returned 100000, below the minimum 200000",
     )
     assert results["replay"][0], results["replay"]  # to the newest archived segment
+    assert results["amcheck"][1] == "pg_amcheck (thorough) found no corruption"
     assert (report["checks_passed"], report["checks_failed"]) == (6, 1)
     assert report["rto_s"] >= report["restore_s"] + report["replay_s"] - 0.01
     assert report["recovered_lsn"] and report["downloaded_bytes"] > 0

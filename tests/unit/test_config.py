@@ -259,6 +259,7 @@ def test_effective_config_fills_defaults_and_masks_every_secret() -> None:
         "member": None,
         "scratch_dir": None,
         "max_duration": 14400,
+        "amcheck_depth": "standard",
     }
     assert effective["events"]["notify_command"] is None
     assert effective["events"]["notify_timeout"] == 30

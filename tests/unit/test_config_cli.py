@@ -96,6 +96,8 @@ INVALID = [
     ("inline-secret-key", set_in("storage.secret_access_key", "abc"),
      "storage.secret_access_key", "inline credentials are not accepted"),
     ("bad-bucket-name", set_in("storage.bucket", "PG_Backups"), "storage.bucket", "bucket name"),
+    ("amcheck-depth-unknown", set_in("drill.amcheck_depth", "deep"), "drill.amcheck_depth",
+     "got 'deep'"),
     ("archive-mode-off", set_in("wal.archive_mode", "off"), "wal.archive_mode",
      "must be 'on' or 'always', got 'off'"),
     ("bad-backup-cron", set_in("backup.schedule", "daily at one"), "backup.schedule",

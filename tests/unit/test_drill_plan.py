@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from pgwarden.drill.plan import (
     DISK_MARGIN_BYTES,
+    amcheck_options,
     choose_drill_member,
     disk_needed,
     disk_verdict,
@@ -224,3 +225,9 @@ def test_time_limit() -> None:
         "the drill ran past its time limit (drill.max_duration: 60 s) and was stopped"
     )
     assert time_verdict(0.2, 0.5).ok and not time_verdict(0.6, 0.5).ok
+
+
+def test_amcheck_depth_chooses_pg_amchecks_options() -> None:
+    assert amcheck_options("standard") == ()
+    assert amcheck_options("heapallindexed") == ("--heapallindexed",)
+    assert amcheck_options("thorough") == ("--heapallindexed", "--parent-check", "--rootdescend")

@@ -94,6 +94,7 @@ def run_command(config_path: Path, selector: str, scratch_dir: Path | None,
     drill = Drill(
         instance_spec(settings), context, manifest, target, config_path,
         settings.drill.checks, restore_owner(settings), scratch_dir or settings.drill.scratch_dir,
+        amcheck_depth=settings.drill.amcheck_depth,
     )  # fmt: skip
     limit = max_duration if max_duration is not None else settings.drill.max_duration
     with _stoppable(drill, limit) as aborted:

@@ -127,3 +127,15 @@ def _size(count: int) -> str:
 def failed_checks_sentence(failed: Iterable[Mapping[str, Any]]) -> str:
     """`failed checks: NAME: DETAIL; ...` for checks given as {name, detail} mappings."""
     return "failed checks: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed)
+
+
+AMCHECK_OPTIONS = {
+    "standard": (),
+    "heapallindexed": ("--heapallindexed",),
+    "thorough": ("--heapallindexed", "--parent-check", "--rootdescend"),
+}
+
+
+def amcheck_options(depth: str) -> tuple[str, ...]:
+    """pg_amcheck's options for `drill.amcheck_depth`."""
+    return AMCHECK_OPTIONS[depth]

@@ -29,7 +29,7 @@ from pgwarden.backup.restore import RestoreRequest, RestoreRun
 from pgwarden.backup.targets import RecoveryTarget
 from pgwarden.config import DrillCheck
 from pgwarden.config_types import format_number
-from pgwarden.drill.plan import disk_verdict
+from pgwarden.drill.plan import amcheck_options, disk_verdict
 from pgwarden.errors import PgwardenError
 from pgwarden.invocation import pgwarden_command, wal_restore_command
 from pgwarden.lab.net import free_port
@@ -125,6 +125,7 @@ class Drill:
         checks: tuple[DrillCheck, ...],
         owner: tuple[int, int] | None,
         scratch_root: Path | None = None,
+        amcheck_depth: str = "standard",
     ) -> None:
         self.source = spec
         self.context = context
@@ -134,6 +135,7 @@ class Drill:
         self.checks = checks
         self.owner = owner
         self.scratch_root = scratch_root
+        self.amcheck_depth = amcheck_depth
         # Set once cleanup began: a stop request (time limit, SIGTERM) must not interrupt it.
         self.finishing = False
         self.archive_end: str | None = None  # the newest archived segment on the path
@@ -366,10 +368,12 @@ class Drill:
         argv = [
             str(spec.bin_dir / "pg_amcheck"), "-h", spec.host, "-p", str(spec.port),
             "-U", spec.superuser, "--all", "--install-missing", "--no-password",
+            *amcheck_options(self.amcheck_depth),
         ]  # fmt: skip
         env = {"PATH": os.environ.get("PATH", ""), "PGPASSWORD": spec.superuser_password}
         done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         if done.returncode == 0:
-            return CheckResult("amcheck", True, "pg_amcheck found no corruption")
+            depth = self.amcheck_depth
+            return CheckResult("amcheck", True, f"pg_amcheck ({depth}) found no corruption")
         found = (done.stdout + done.stderr).strip().splitlines()
         return CheckResult("amcheck", False, "; ".join(found[:5]) or f"exit {done.returncode}")
