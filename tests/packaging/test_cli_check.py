@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 import pytest
+
 from cli_check import resolve, resolve_shell
 
 

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from cli_check import resolve
 
+from cli_check import resolve
 from pgwarden.agent.api import ApiServer
 from pgwarden.config import load_config
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from cli_check import resolve_shell
 
 UNITS_DIR = Path(__file__).parents[2] / "systemd"
