@@ -6,6 +6,11 @@ import shlex
 import sys
 from pathlib import Path
 
+# archive_command waits for an upload in flight on the FIFO `<name>.wait` (see wal/acks.py)
+# for at most WAIT_TIMEOUT seconds; past it the client asks the agent or goes to storage.
+WAIT_SUFFIX = ".wait"
+WAIT_TIMEOUT = 10
+
 
 def pgwarden_command(config_path: Path, command: str, *args: str) -> str:
     """A shell command running this pgwarden's `command` with `config_path` and `args`.
@@ -34,7 +39,18 @@ def wal_restore_command(config_path: Path, socket: str, spool: Path) -> str:
 
 
 def wal_archive_command(config_path: Path, socket: str, acknowledged: Path) -> str:
-    """archive_command through the agent: a file its archiver already stored is acknowledged
-    by removing the marker it left in `acknowledged` (no Python at all); else the client."""
-    taken = f"rm {shlex.quote(str(acknowledged))}/%f 2>/dev/null"
-    return f"{taken} || exec {wal_client_command(config_path, 'wal-push', socket, '%p')}"
+    """archive_command through the agent. Without a Python process, a file its archiver
+    stored is acknowledged by removing the marker it left in `acknowledged`, and a file
+    still uploading by waiting on the FIFO `<name>.wait` there for `ok` (see `wal/acks.py`);
+    anything else goes to the client."""
+    marker = f"{shlex.quote(str(acknowledged))}/%f"
+    taken = f"rm {marker} 2>/dev/null"
+    # After `ok` the marker is left to the archiver, which drops it once the .ready goes.
+    waited = f"timeout {WAIT_TIMEOUT} grep -qx ok {marker}{WAIT_SUFFIX} 2>/dev/null"
+    client = wal_client_command(config_path, "wal-push", socket, "%p")
+    command = f"{taken} || {waited} || {taken} || exec {client}"
+    # PostgreSQL up to 15 builds archive_command in a buffer of MAXPGPATH (1024) bytes and
+    # cuts what does not fit: with %f and %p filled in, the whole line must fit.
+    if len(command.replace("%f", "F" * 40).replace("%p", "pg_wal/" + "F" * 40)) < 1000:
+        return command
+    return f"{taken} || exec {client}"

@@ -540,3 +540,105 @@ def test_no_marker_for_a_file_that_failed_or_that_postgresql_already_archived(
     store.down = False
     archiver.push(pg_wal / SEG2)
     assert not (pushed / SEG2).exists()  # PostgreSQL did not mark it ready: nobody to ask
+
+
+# --- archive_command waiting on a FIFO while the upload runs ------------------------------
+
+
+def start_archive_command(command: str, name: str, pg_wal: Path) -> subprocess.Popen[bytes]:
+    filled = command.replace("%f", name).replace("%p", str(pg_wal / name))
+    return subprocess.Popen(["/bin/sh", "-c", filled], stderr=subprocess.PIPE)
+
+
+def test_archive_command_asked_during_the_upload_waits_on_the_fifo_and_needs_no_client(
+    make_archiver: Callable[..., Archiver],
+    store: FlakyStore,
+    wal: WalArchive,
+    pg_wal: Path,
+    tmp_path: Path,
+) -> None:
+    pushed = tmp_path / "pushed"
+    store.gate.clear()  # the upload starts and is held
+    data = write_wal(pg_wal, SEG1)
+    archiver = make_archiver(acknowledged=pushed)
+    archiver.start()
+    store.writing.wait(5)
+    assert (pushed / f"{SEG1}.wait").exists()
+    # No socket and no configuration: the Python client could only fail.
+    command = wal_archive_command(tmp_path / "none.yml", str(tmp_path / "no.sock"), pushed)
+    shell = start_archive_command(command, SEG1, pg_wal)
+    time.sleep(0.2)
+    assert shell.poll() is None  # waiting for the upload, not answered yet
+    store.gate.set()
+    assert shell.wait(timeout=10) == 0, shell.stderr.read() if shell.stderr else ""
+    assert stored_plaintext(wal, SEG1) == data
+    assert not (pushed / f"{SEG1}.wait").exists()
+    mark_done(pg_wal, SEG1)  # the marker nobody took goes with the .ready
+    wait_for(lambda: not any(pushed.iterdir()))
+
+
+def test_archive_command_waiting_on_a_failed_upload_falls_through_to_the_client(
+    make_archiver: Callable[..., Archiver], store: FlakyStore, pg_wal: Path, tmp_path: Path
+) -> None:
+    pushed = tmp_path / "pushed"
+    store.gate.clear()
+    store.down = True
+    write_wal(pg_wal, SEG1)
+    archiver = make_archiver(acknowledged=pushed)
+    archiver.start()
+    store.writing.wait(5)
+    command = wal_archive_command(tmp_path / "none.yml", str(tmp_path / "no.sock"), pushed)
+    shell = start_archive_command(command, SEG1, pg_wal)
+    time.sleep(0.2)
+    assert shell.poll() is None
+    store.gate.set()  # the upload fails: no ok, the shell goes on to the client
+    assert shell.wait(timeout=30) != 0
+    stderr = shell.stderr.read().decode() if shell.stderr else ""
+    assert "none.yml" in stderr  # the client (direct path) ran and named what it lacks
+    assert not (pushed / SEG1).exists()
+
+
+def test_stopping_the_agent_releases_archive_command_to_the_client(
+    make_archiver: Callable[..., Archiver], store: FlakyStore, pg_wal: Path, tmp_path: Path
+) -> None:
+    pushed = tmp_path / "pushed"
+    store.gate.clear()
+    write_wal(pg_wal, SEG1)
+    archiver = make_archiver(acknowledged=pushed)
+    archiver.start()
+    store.writing.wait(5)
+    command = wal_archive_command(tmp_path / "none.yml", str(tmp_path / "no.sock"), pushed)
+    shell = start_archive_command(command, SEG1, pg_wal)
+    time.sleep(0.2)
+    archiver.stop()
+    assert shell.wait(timeout=30) != 0  # went on to the client, which had no agent
+    assert not (pushed / f"{SEG1}.wait").exists()
+
+
+def test_a_fifo_left_by_a_dead_agent_holds_archive_command_only_for_the_wait_timeout(
+    monkeypatch: pytest.MonkeyPatch, pg_wal: Path, tmp_path: Path
+) -> None:
+    import os  # noqa: PLC0415
+
+    from pgwarden import invocation  # noqa: PLC0415
+
+    monkeypatch.setattr(invocation, "WAIT_TIMEOUT", 1)
+    pushed = tmp_path / "pushed"
+    pushed.mkdir()
+    os.mkfifo(pushed / f"{SEG1}.wait")  # nobody will ever write or close it
+    write_wal(pg_wal, SEG1)
+    command = invocation.wal_archive_command(
+        tmp_path / "none.yml", str(tmp_path / "no.sock"), pushed
+    )
+    assert "timeout 1 " in command
+    shell = start_archive_command(command, SEG1, pg_wal)
+    assert shell.wait(timeout=30) != 0  # not stuck in open(): the client ran and failed
+
+
+def test_archive_command_too_long_for_postgresql_leaves_out_the_wait(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 200) / ("e" * 200)
+    command = wal_archive_command(tmp_path / "none.yml", str(tmp_path / "no.sock"), deep)
+    assert ".wait" not in command
+    assert command.startswith(f"rm {deep}/%f 2>/dev/null || exec ")
+    short = wal_archive_command(tmp_path / "none.yml", str(tmp_path / "no.sock"), tmp_path)
+    assert f"grep -qx ok {tmp_path}/%f.wait" in short

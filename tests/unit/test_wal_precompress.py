@@ -103,3 +103,44 @@ def test_forgotten_segments_are_dropped(segment: Path) -> None:
     worker.follow([NAME])
     worker.forget(set())
     assert worker.finish(segment) is None
+
+
+def test_a_file_shorter_than_what_was_fed_falls_back_to_the_whole_file(segment: Path) -> None:
+    worker = ahead(segment)
+    write_pages(segment, 0, SEGMENT // PAGE)
+    worker.follow([NAME])
+    assert worker.finish(segment) is not None  # its bytes stay in the reused buffer
+    worker.follow([NAME])  # the same segment again (a restart), fed ahead once more
+    with segment.open("r+b") as out:
+        out.truncate(10 * PAGE)
+    # What was fed matches the buffer's leftover bytes, not the file: no hit.
+    assert worker.finish(segment) is None
+    assert (worker.hits, worker.misses) == (1, 1)
+
+
+def test_a_file_longer_than_a_segment_falls_back_to_the_whole_file(segment: Path) -> None:
+    worker = ahead(segment)
+    write_pages(segment, 0, SEGMENT // PAGE)
+    worker.follow([NAME])
+    with segment.open("ab") as out:
+        out.write(b"x" * PAGE)
+    assert worker.finish(segment) is None
+    assert (worker.hits, worker.misses) == (0, 1)
+
+
+def test_consecutive_segments_are_each_finished_from_what_was_fed(tmp_path: Path) -> None:
+    """finish reuses one buffer: the second segment's result must be its own bytes."""
+    worker = Precompressor(tmp_path, lambda: SEGMENT, compression="zstd", level=1, key=None)
+    results = []
+    for number in (2, 3):
+        name = f"0000000100000000000000{number:02X}"
+        start = number * SEGMENT
+        path = tmp_path / name
+        path.write_bytes(b"".join(page(start + i * PAGE) for i in range(SEGMENT // PAGE)))
+        worker.follow([name])
+        finished = worker.finish(path)
+        assert finished is not None
+        results.append((decode_bytes(finished[0], keys=None), path.read_bytes()))
+    assert all(plain == data for plain, data in results)
+    assert results[0][0] != results[1][0]
+    assert (worker.hits, worker.misses) == (2, 0)

@@ -8,18 +8,14 @@ stored" at once. An upload that fails (storage down) is retried with backoff; th
 safely in pg_wal meanwhile, PostgreSQL keeps retrying archive_command, and an
 `archive_failing` event fires once per outage.
 
-With `acknowledged` set, each file stored while PostgreSQL has yet to ask for it leaves an
-empty marker of its name there, and archive_command removes it with a plain `rm` before it
-starts the Python client at all (see `invocation.wal_archive_command`; pgBackRest's
-asynchronous archiving answers from `.ok` files the same way). A marker whose `.ready` went
+With `acknowledged` set, archive_command learns that a file is stored without starting
+Python: from a marker left there when the upload ended before PostgreSQL asked, or from a
+FIFO it waits on while the upload runs (see `acks.py`). A marker whose `.ready` went
 (PostgreSQL archived it through the client meanwhile) is removed by the next scan.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -31,6 +27,7 @@ from typing import Any
 
 from pgwarden.errors import PgwardenError
 from pgwarden.logs import get_logger
+from pgwarden.wal.acks import Acknowledgements
 from pgwarden.wal.archive import ArchiveConflictError, WalArchive
 from pgwarden.wal.dirwatch import DirectoryWatch
 from pgwarden.wal.names import kind_of
@@ -87,8 +84,7 @@ class Archiver:
         owner: tuple[int, int] | None = None,
     ) -> None:
         self.archive = archive
-        self.acknowledged = acknowledged
-        self.owner = owner
+        self.acks = None if acknowledged is None else Acknowledgements(acknowledged, owner)
         self.precompress = precompress
         self.max_backlog_bytes = max_backlog_bytes
         self.dropped: list[str] = []
@@ -113,8 +109,8 @@ class Archiver:
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
-        if self.acknowledged is not None and self.acknowledged.is_dir():
-            shutil.rmtree(self.acknowledged)  # markers of an earlier run prove nothing now
+        if self.acks is not None:
+            self.acks.reset()
         self._thread.start()
 
     def stop(self) -> None:
@@ -123,6 +119,9 @@ class Archiver:
             self._thread.join(timeout=5)
         if not self._thread.is_alive():  # else it may still wait on the descriptor
             self._marker_watch.close()
+        if self.acks is not None:  # whoever waits on a FIFO asks the client instead
+            with self._lock:
+                self.acks.release_all()
         # Not waiting: an upload hanging on unreachable storage must not hold up shutdown.
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -194,8 +193,6 @@ class Archiver:
     def _scan(self) -> None:
         markers = [entry.name for entry in self.status_dir.iterdir()]
         ready = {name[: -len(".ready")] for name in markers if name.endswith(".ready")}
-        if self.precompress is not None:
-            self._follow(markers, ready)
         now = time.monotonic()
         wall = time.time()
         with self._lock:
@@ -204,16 +201,25 @@ class Archiver:
                     del self._pending[name]  # PostgreSQL archived it (marked .done)
                     self._retry_at.pop(name, None)
                     self._retry_delay.pop(name, None)
-                    self._unacknowledge(name)
+                    if self.acks is not None:
+                        self.acks.forget(name)
             for name in sorted(ready, key=_upload_order):
-                self._pending.setdefault(name, wall)
+                known = kind_of(name) != "unknown"
+                if name not in self._pending:
+                    self._pending[name] = wall
+                    if self.acks is not None and known and name not in self._stored:
+                        self.acks.expect(name)
+                if not known:
+                    continue
                 if name in self._stored or name in self._inflight:
                     continue
                 if self._retry_at.get(name, 0.0) > now:
                     continue
-                if kind_of(name) == "unknown":
-                    continue
                 self._submit_locked(name, self.pg_wal / name)
+        # After the uploads are on their way: following the next segment reads up to
+        # megabytes, and PostgreSQL is waiting for the ready one.
+        if self.precompress is not None:
+            self._follow(markers, ready)
 
     def _follow(self, markers: list[str], ready: set[str]) -> None:
         """Feed the segment(s) after the newest complete one to the precompressor."""
@@ -239,6 +245,8 @@ class Archiver:
         now = time.monotonic()
         with self._lock:
             stalled = [n for n, t in self._started.items() if now - t > STALLED_AFTER]
+            if self.acks is not None:  # archive_command waiting on them asks the client
+                self.acks.release_older(STALLED_AFTER)
             status = self.status
             first = bool(stalled) and status.failing_since is None
             if first:
@@ -292,28 +300,10 @@ class Archiver:
                 status.last_archived = name
             status.last_archived_at = time.time()
             status.archived_count += 1
-            if name in self._pending:
-                self._acknowledge(name)
+            if name in self._pending and self.acks is not None:
+                self.acks.stored(name)
         log.debug("wal.archived", name=name, stored_now=stored_now,
                   seconds=round(time.monotonic() - started, 3))  # fmt: skip
-
-    def _acknowledge(self, name: str) -> None:
-        """Leave the marker archive_command takes instead of asking (under the lock)."""
-        if self.acknowledged is None:
-            return
-        try:
-            if not self.acknowledged.is_dir():
-                self.acknowledged.mkdir(mode=0o700, parents=True)
-                if self.owner is not None:  # PostgreSQL's user removes the markers
-                    os.chown(self.acknowledged, *self.owner)
-            (self.acknowledged / name).touch()
-        except OSError as exc:  # the client path still answers
-            log.warning("wal.acknowledge_failed", name=name, reason=str(exc))
-
-    def _unacknowledge(self, name: str) -> None:
-        if self.acknowledged is not None:
-            with contextlib.suppress(OSError):
-                (self.acknowledged / name).unlink(missing_ok=True)
 
     def _failed(self, name: str, reason: str, *, conflict: bool) -> None:
         first = False
@@ -328,6 +318,8 @@ class Archiver:
             if status.failing_since is None:
                 status.failing_since = time.time()
                 first = True
+            if self.acks is not None:  # no ok: archive_command asks the client instead
+                self.acks.release(name, ok=False)
         log.error("wal.archive_failed", name=name, reason=reason)
         if conflict and name not in self._conflicts:
             self._conflicts.add(name)
