@@ -13,12 +13,22 @@ Import figures: `python -X importtime` for pgwarden.codec and for what it loads 
 use (zstandard; cryptography's AES-GCM and HKDF), and the wall time of a fresh
 interpreter importing pgwarden.codec against one that imports nothing (median of 15).
 
+`--wal DIR` measures only what fetching WAL costs: the decode of each file in DIR (real
+16 MiB segments), encoded as the agent archives them (zstd level 1, 1 MiB records, with
+and without AES-256-GCM) and fed in 1 MiB pieces as storage hands them over, nothing
+written. Cases: an object as pgwarden wrote them before zstd frames carried a checksum,
+decoded with SHA-256 (what a fetch cost before); a new object with SHA-256; a new object
+with verify="frame" (what WalArchive.fetch does now). Figures are the CPU time of the
+decoding thread and the wall time, in ms per segment: for each file the best of
+--repeat runs, then the mean over the files.
+
 Prints JSON on stdout (and to --json FILE); progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -32,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from pgwarden.codec import Key, decode, encode
+from pgwarden.codec.format import SALT_SIZE, TRAILER, ObjectHeader, Seal
+from pgwarden.codec.keys import object_cipher
 
 MIB = 1 << 20
 PAGE_SIZE = 8192
@@ -182,13 +194,101 @@ def import_figures() -> dict[str, Any]:
         }
 
 
+def object_before_frame_checksums(data: bytes, *, level: int, key: Key | None) -> bytes:
+    """`data` encoded as pgwarden did before zstd frames carried a content checksum."""
+    import zstandard  # noqa: PLC0415 - only this case needs it directly
+
+    header = ObjectHeader(
+        compression="zstd",
+        encryption="none" if key is None else "aes-256-gcm",
+        chunk_size=MIB,
+        plaintext_length=None,
+        key_id=None if key is None else key.key_id,
+        salt=os.urandom(SALT_SIZE),
+    )
+    seal = Seal(header, None if key is None else object_cipher(key, header.salt))
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=False)
+    frame = compressor.compress(data)
+    records = [
+        seal.seal(index, frame[start : start + MIB], final=False)
+        for index, start in enumerate(range(0, len(frame), MIB))
+    ]
+    trailer = TRAILER.pack(hashlib.sha256(data).digest(), len(data))
+    records.append(seal.seal(len(records), trailer, final=True))
+    return header.raw + b"".join(records)
+
+
+def wal_decode(directory: Path, repeat: int) -> dict[str, Any]:
+    """ms per segment of decoding real WAL segments (see the module's docstring)."""
+    files = sorted(path for path in directory.iterdir() if path.is_file())
+    key = Key.generate()
+    rows: list[dict[str, Any]] = []
+    for encryption, k in (("none", None), ("aes-256-gcm", key)):
+        times: dict[str, list[tuple[float, float]]] = {}
+        for path in files:
+            data = path.read_bytes()
+            new = b"".join(encode(chunks_of(data), level=1, key=k))
+            cases = {
+                "before: old object, sha256": (
+                    object_before_frame_checksums(data, level=1, key=k),
+                    "sha256",
+                ),
+                "new object, sha256": (new, "sha256"),
+                "new object, frame": (new, "frame"),
+            }
+            for case, (blob, verify) in cases.items():
+                pieces = chunks_of(blob)
+                runs = []
+                for _ in range(repeat):
+                    cpu, wall = time.thread_time(), time.perf_counter()
+                    for _ in decode(pieces, keys=k, verify=verify):
+                        pass
+                    runs.append((time.thread_time() - cpu, time.perf_counter() - wall))
+                times.setdefault(case, []).append(
+                    (min(r[0] for r in runs), min(r[1] for r in runs))
+                )
+        for case, per_file in times.items():
+            row = {
+                "case": case,
+                "encryption": encryption,
+                "cpu_ms_per_segment": round(1000 * statistics.mean(c for c, _ in per_file), 2),
+                "wall_ms_per_segment": round(1000 * statistics.mean(w for _, w in per_file), 2),
+            }
+            log(json.dumps(row))
+            rows.append(row)
+    sha256_cpu = []
+    for path in files:
+        data = path.read_bytes()
+        runs = []
+        for _ in range(repeat):
+            cpu = time.thread_time()
+            hashlib.sha256(data).digest()
+            runs.append(time.thread_time() - cpu)
+        sha256_cpu.append(min(runs))
+    return {
+        "segments": len(files),
+        "segment_mib": round(sum(p.stat().st_size for p in files) / len(files) / MIB, 1),
+        "repeat": repeat,
+        "sha256_of_a_segment_cpu_ms": round(1000 * statistics.mean(sha256_cpu), 2),
+        "decode": rows,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=64, help="size of each data set (MiB)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the best counts")
     parser.add_argument("--relation", type=Path, help="also measure this file")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
+    parser.add_argument("--wal", type=Path, help="measure only the decode of the WAL files here")
     args = parser.parse_args()
+
+    if args.wal:
+        text = json.dumps({"cpus": os.cpu_count(), **wal_decode(args.wal, args.repeat)}, indent=2)
+        print(text, flush=True)
+        if args.json:
+            args.json.write_text(text + "\n")
+        return 0
 
     log(f"preparing {args.mib} MiB data sets")
     data_sets = {

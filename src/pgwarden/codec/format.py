@@ -24,6 +24,13 @@ record's tag covers the associated data `header || record index (8) || final fla
 so a record moved, dropped, repeated or taken from another object (whose salt differs)
 fails its check. Encrypted records use a key derived from the master key and the salt,
 with the record index as nonce (see keys.py).
+
+A compressed body is one zstd frame. Frames written now carry zstd's content checksum
+(XXH64 of the plaintext, the frame's last 4 bytes), which zstd verifies as it decodes the
+frame's end, so a reader may rely on it instead of recomputing the trailer's SHA-256
+(decode's verify="frame"). Objects written before have frames without one and decode as
+they always did. The frame header's Content_Checksum_flag says which kind an object is,
+so this is not a format version change.
 """
 
 from __future__ import annotations
