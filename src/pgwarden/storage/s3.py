@@ -150,6 +150,10 @@ class S3Store:
             # Part uploads, plus the reads and lists other threads do meanwhile.
             max_pool_connections=max(10, 2 * max_concurrency),
             s3={"addressing_style": "path" if force_path_style else "auto"},
+            # Every object carries its own checksums (records, trailer, zstd frame), checked
+            # on every read; S3's optional CRC32 on top would cost a pass over each body.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
         self._client: Any = session.client("s3", endpoint_url=endpoint_url, config=config)
         self.endpoint: str = self._client.meta.endpoint_url
