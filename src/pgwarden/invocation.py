@@ -10,6 +10,9 @@ from pathlib import Path
 # for at most WAIT_TIMEOUT seconds; past it the client asks the agent or goes to storage.
 WAIT_SUFFIX = ".wait"
 WAIT_TIMEOUT = 10
+# restore_command's bound: a download takes well under a second, and FIFOs an agent left
+# when it died (up to the prefetch depth of them) each hold recovery up this long.
+FETCH_WAIT_TIMEOUT = 3
 
 
 def pgwarden_command(config_path: Path, command: str, *args: str) -> str:
@@ -33,9 +36,14 @@ def wal_client_command(config_path: Path, command: str, socket: str, *args: str)
 
 def wal_restore_command(config_path: Path, socket: str, spool: Path) -> str:
     """restore_command through the agent: a segment its fetcher prefetched into `spool` is
-    taken with a plain `mv` (no Python at all); anything else goes to the client."""
-    taken = f"mv -f {shlex.quote(str(spool))}/%f %p 2>/dev/null"
-    return f"{taken} || exec {wal_client_command(config_path, 'wal-fetch', socket, '%f', '%p')}"
+    taken with a plain `mv`, one still downloading is waited for on its FIFO
+    `<name>.wait` there (no Python at all, see `wal/fetcher.py`); anything else goes to
+    the client."""
+    spooled = f"{shlex.quote(str(spool))}/%f"
+    taken = f"mv -f {spooled} %p 2>/dev/null"
+    waited = f"timeout {FETCH_WAIT_TIMEOUT} grep -qx ok {spooled}{WAIT_SUFFIX} 2>/dev/null"
+    client = wal_client_command(config_path, "wal-fetch", socket, "%f", "%p")
+    return f"{taken} || {{ {waited} && {taken}; }} || {taken} || exec {client}"
 
 
 def wal_archive_command(config_path: Path, socket: str, acknowledged: Path) -> str:

@@ -13,6 +13,9 @@ A prefetched file appears in the spool only complete and owned by PostgreSQL's u
 downloaded into `.incoming/` and renamed), so restore_command takes it with a plain `mv`
 before it starts the Python client at all (see `invocation.wal_restore_command`), like
 pgBackRest's asynchronous spool. The fetcher notices such a file gone and prefetches on.
+While a prefetch is in flight, its FIFO `<name>.wait` in the spool lets restore_command
+wait for it without Python either: `ok` is written into it once the file is in place
+(see `acks.py` for how such a FIFO is made safe to wait on).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pgwarden.logs import get_logger
+from pgwarden.wal.acks import Acknowledgements
 from pgwarden.wal.archive import WalArchive
 from pgwarden.wal.dirwatch import IN_DELETE, IN_MOVED_FROM, DirectoryWatch
 from pgwarden.wal.names import kind_of, parse_history_file_name, parse_segment_name, segment_name
@@ -61,6 +65,7 @@ class Fetcher:
         self.served = 0
         self.prefetched_hits = 0
         self._clear_spool()
+        self._waits = Acknowledgements(spool, owner)  # FIFOs of prefetches in flight
         self._spool_watch = DirectoryWatch(spool, mask=IN_MOVED_FROM | IN_DELETE)
         self._watcher = threading.Thread(target=self._watch_taken, name="fetcher-watch",
                                          daemon=True)  # fmt: skip
@@ -77,6 +82,8 @@ class Fetcher:
         if not self._watcher.is_alive():
             self._spool_watch.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:  # whoever still waits asks the client instead
+            self._waits.release_all()
 
     def _clear_spool(self) -> None:
         """Start empty: files left by an earlier run may belong to an archive since replaced
@@ -154,6 +161,7 @@ class Fetcher:
         with self._lock:
             temp.replace(self._spooled(name))
             self._placed.add(name)
+            self._waits.release(name, ok=True)
             self._wake.set()
         return True
 
@@ -184,6 +192,7 @@ class Fetcher:
                     continue
                 if self._spooled(future_name).exists():
                     continue
+                self._waits.expect(future_name)
                 future = self._pool.submit(self._download_quietly, future_name)
                 self._inflight[future_name] = future
         self._forget_older(timeline, segno)
@@ -197,6 +206,7 @@ class Fetcher:
         finally:
             with self._lock:
                 self._inflight.pop(name, None)
+                self._waits.release(name, ok=False)  # no-op once released with ok
         return found
 
     def _forget_older(self, timeline: int, segno: int) -> None:
