@@ -109,13 +109,12 @@ class Acknowledgements:
         finally:
             os.close(fd)
 
-    def release_older(self, seconds: float) -> list[str]:
+    def release_older(self, seconds: float) -> None:
         """Release (without ok) FIFOs waited on longer than `seconds`: their uploads hang."""
         now = time.monotonic()
         old = [name for name, (_, since) in self._waiters.items() if now - since > seconds]
         for name in old:
             self.release(name, ok=False)
-        return old
 
     def forget(self, name: str) -> None:
         """PostgreSQL archived `name` (its `.ready` went): drop its marker and FIFO."""
@@ -126,7 +125,3 @@ class Acknowledgements:
     def release_all(self) -> None:
         for name in list(self._waiters):
             self.release(name, ok=False)
-
-    @property
-    def waiting(self) -> list[str]:
-        return sorted(self._waiters)
