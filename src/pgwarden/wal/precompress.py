@@ -62,9 +62,9 @@ class Precompressor:
         self.key = key
         self._lock = threading.RLock()
         self._progress: dict[str, _Progress] = {}
-        # Segment-sized buffers `finish` reads into, kept: a fresh 16 MiB allocation costs
-        # thousands of page faults, several milliseconds on the critical path.
-        self._buffers: list[bytearray] = []
+        # The segment-sized buffer `finish` reads into (under the lock), kept: a fresh
+        # 16 MiB allocation costs thousands of page faults on the critical path.
+        self._scratch = bytearray()
         self.hits = 0
         self.misses = 0
 
@@ -161,11 +161,9 @@ class Precompressor:
             if state.failed or size is None or size < fed or not buffer.startswith(state.fed):
                 self._abandon(state)
                 self.misses += 1
-                self._buffers.append(buffer)
                 return None
             if size > fed:
                 state.chunks.put(bytes(memoryview(buffer)[fed:size]))
-            self._buffers.append(buffer)
             state.chunks.put(None)
         assert state.thread is not None and state.stream is not None
         state.thread.join()
@@ -176,13 +174,10 @@ class Precompressor:
         return b"".join(state.output), state.stream.digest.sha256
 
     def _buffer(self) -> bytearray:
-        """A buffer of the segment size (under the lock)."""
-        size = self.segment_size
-        while self._buffers:
-            buffer = self._buffers.pop()
-            if len(buffer) == size:
-                return buffer
-        return bytearray(size)
+        """The buffer of the segment size (under the lock)."""
+        if len(self._scratch) != self.segment_size:
+            self._scratch = bytearray(self.segment_size)
+        return self._scratch
 
     def _abandon(self, state: _Progress) -> None:
         state.chunks.put(None)
