@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgwarden.codec import Key, decode_bytes
+from pgwarden.wal import precompress
 from pgwarden.wal.precompress import PAGE, Precompressor
 
 SEGMENT = 1024 * 1024  # the smallest segment size PostgreSQL allows
@@ -144,3 +145,66 @@ def test_consecutive_segments_are_each_finished_from_what_was_fed(tmp_path: Path
     assert all(plain == data for plain, data in results)
     assert results[0][0] != results[1][0]
     assert (worker.hits, worker.misses) == (2, 0)
+
+
+@pytest.mark.parametrize("written", [0, 1, 2, 7, 8, 9, 15, 16, 17, 100, SEGMENT // PAGE])
+def test_complete_pages_are_counted_across_read_steps(segment: Path, written: int) -> None:
+    write_pages(segment, 0, written)
+    with segment.open("rb") as source:
+        length = precompress._complete_length(source.fileno(), 0, START)
+    assert length == max(0, written - 1) * PAGE  # the last valid page may still be filling
+
+
+def test_complete_pages_are_counted_from_the_offset_given(segment: Path) -> None:
+    write_pages(segment, 0, 40)
+    with segment.open("rb") as source:
+        assert precompress._complete_length(source.fileno(), 10 * PAGE, START) == 29 * PAGE
+
+
+def test_a_page_torn_while_read_is_fed_as_it_ends_up(
+    segment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first read catches page 3 half written and, a moment later, page 4 begun."""
+    write_pages(segment, 0, 3)
+    real = os.pread
+    calls = 0
+
+    def torn(fd: int, size: int, offset: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            return real(fd, size, offset)
+        before = real(fd, size, offset)
+        write_pages(segment, 3, 3)
+        after = real(fd, size, offset)
+        half = 3 * PAGE + PAGE // 2
+        return after[: 3 * PAGE + 2048] + before[3 * PAGE + 2048 : half] + after[half:]
+
+    worker = ahead(segment)
+    monkeypatch.setattr(precompress.os, "pread", torn)
+    worker.follow([NAME])
+    monkeypatch.undo()
+    write_pages(segment, 6, SEGMENT // PAGE - 6)
+    worker.follow([NAME])
+    encoded = worker.finish(segment)
+    assert encoded is not None and worker.misses == 0  # not compressed again from scratch
+    assert decode_bytes(encoded[0], keys=None) == segment.read_bytes()
+
+
+def test_a_segment_that_has_not_moved_costs_one_small_read(
+    segment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_pages(segment, 0, 30)
+    worker = ahead(segment)
+    worker.follow([NAME])
+    reads: list[int] = []
+    real = os.pread
+
+    def counted(fd: int, size: int, offset: int) -> bytes:
+        reads.append(size)
+        return real(fd, size, offset)
+
+    monkeypatch.setattr(precompress.os, "pread", counted)
+    worker.follow([NAME])  # nothing new since the last look
+    assert reads == [precompress._PROBE]
+    worker.forget(set())
