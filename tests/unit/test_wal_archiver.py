@@ -175,6 +175,33 @@ def test_ready_files_are_uploaded_before_postgresql_asks(
     assert (snapshot["failed"], snapshot["failing_since"]) == (0, None)
 
 
+def test_storage_that_hangs_when_warmed_up_at_start_holds_up_no_upload(
+    make_archiver: Callable[..., Archiver],
+    store: FlakyStore,
+    wal: WalArchive,
+    pg_wal: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answer = threading.Event()
+    asked = threading.Event()
+
+    def hanging_lookup(key: str) -> bool:
+        asked.set()
+        answer.wait(10)
+        return False
+
+    monkeypatch.setattr(store, "exists", hanging_lookup)
+    data = write_wal(pg_wal, SEG1)
+    archiver = make_archiver()
+    archiver.start()
+    try:
+        wait_for(lambda: archiver.snapshot()["archived"] == 1)
+        assert asked.is_set()  # the warm-up's lookup is still waiting
+        assert stored_plaintext(wal, SEG1) == data
+    finally:
+        answer.set()
+
+
 def test_history_files_are_uploaded_first(
     make_archiver: Callable[..., Archiver], store: FlakyStore, wal: WalArchive, pg_wal: Path
 ) -> None:

@@ -208,3 +208,15 @@ def test_a_segment_that_has_not_moved_costs_one_small_read(
     worker.follow([NAME])  # nothing new since the last look
     assert reads == [precompress._PROBE]
     worker.forget(set())
+
+
+def test_warming_up_prepares_the_buffer_the_first_finish_uses(segment: Path) -> None:
+    worker = ahead(segment)
+    worker.warm()
+    prepared = worker._scratch
+    assert len(prepared) == SEGMENT
+    write_pages(segment, 0, SEGMENT // PAGE)
+    worker.follow([NAME])
+    encoded = worker.finish(segment)
+    assert encoded is not None and decode_bytes(encoded[0], keys=None) == segment.read_bytes()
+    assert worker._scratch is prepared

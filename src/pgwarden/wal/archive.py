@@ -77,6 +77,11 @@ class WalArchive:
         plain = decode_bytes(self.store.get(key), keys=self.key)
         return hashlib.sha256(plain).hexdigest()
 
+    def warm(self) -> None:
+        """Open a connection to storage and load what its first request loads (a lookup
+        of a name that is never stored), so the first push does not pay for it."""
+        self.store.exists(self.layout.wal_history("00000000.history"))
+
     def fetch(self, name: str, destination: Path) -> bool:
         """Write the archived file `name` to `destination`; False if it is not archived.
 

@@ -111,7 +111,19 @@ class Archiver:
     def start(self) -> None:
         if self.acks is not None:
             self.acks.reset()
+        threading.Thread(target=self._warm, name="archiver-warm", daemon=True).start()
         self._thread.start()
+
+    def _warm(self) -> None:
+        """One-time costs of the first upload, paid before there is one (measured: the
+        first push after start took 65-80 ms against 25-30 ms for the next ones). Storage
+        that does not answer only makes this thread wait."""
+        try:
+            if self.precompress is not None:
+                self.precompress.warm()
+            self.archive.warm()
+        except Exception as exc:  # noqa: BLE001 - warming is an optimisation only
+            log.debug("archiver.warm_failed", reason=str(exc))
 
     def stop(self) -> None:
         self._stop.set()
