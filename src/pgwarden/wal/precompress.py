@@ -92,9 +92,8 @@ class Precompressor:
             except OSError:
                 continue  # removed or recycled meanwhile
 
-    def _start(self, name: str) -> _Progress:
-        _, segno = parse_segment_name(name, self.segment_size)
-        state = _Progress(name, segment_start_lsn(segno, self.segment_size))
+    def _start(self, name: str, start_lsn: int) -> _Progress:
+        state = _Progress(name, start_lsn)
         state.stream = encode(
             iter(state.chunks.get, None),
             compression=self.compression,
@@ -135,7 +134,7 @@ class Precompressor:
         if not chunk or len(chunk) != length:
             return
         if state is None:
-            state = self._start(name)
+            state = self._start(name, start_lsn)
             self._progress[name] = state
         state.fed += chunk
         state.chunks.put(chunk)
