@@ -669,3 +669,51 @@ def test_archive_command_too_long_for_postgresql_leaves_out_the_wait(tmp_path: P
     assert command.startswith(f"rm {deep}/%f 2>/dev/null || exec ")
     short = wal_archive_command(tmp_path / "none.yml", str(tmp_path / "no.sock"), tmp_path)
     assert f"grep -qx ok {tmp_path}/%f.wait" in short
+
+
+# --- looking only when something happens --------------------------------------------------
+
+
+class RecordingPrecompressor:
+    """Stands in for the precompressor: records each look at the segment being written and
+    compresses nothing (the upload then reads the file itself)."""
+
+    def __init__(self) -> None:
+        self.looks: list[list[str]] = []
+
+    def warm(self) -> None:
+        pass
+
+    def follow(self, candidates: list[str]) -> None:
+        self.looks.append(list(candidates))
+
+    def forget(self, keep: set[str]) -> None:
+        pass
+
+    def finish(self, path: Path) -> None:
+        return None
+
+
+def test_an_idle_archiver_looks_again_only_when_wal_is_written_or_a_marker_appears(
+    make_archiver: Callable[..., Archiver],
+    store: FlakyStore,
+    wal: WalArchive,
+    pg_wal: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(archiver_module, "IDLE_INTERVAL", 60.0)
+    recorder = RecordingPrecompressor()
+    write_wal(pg_wal, SEG1, ready=False)  # the segment PostgreSQL is writing
+    archiver = make_archiver(precompress=recorder)
+    archiver.start()
+    wait_for(lambda: recorder.looks)
+    time.sleep(0.3)
+    assert recorder.looks == [[SEG1]]  # nothing written: no look (every 10 ms before)
+    with (pg_wal / SEG1).open("ab") as segment:  # PostgreSQL writes WAL
+        segment.write(b"more WAL")
+    wait_for(lambda: len(recorder.looks) >= 2, timeout=2)
+    (pg_wal / "archive_status" / f"{SEG1}.ready").touch()  # the segment is complete
+    wait_for(lambda: store.puts == [wal.object_key(SEG1)], timeout=2)
+    started = time.monotonic()
+    archiver.stop()
+    assert time.monotonic() - started < 0.5  # stopping does not wait out the idle look

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pgwarden.wal.dirwatch import DirectoryWatch
+from pgwarden.wal.dirwatch import IN_MODIFY, DirectoryWatch, Wakeup, wait_any
 
 
 @pytest.fixture
@@ -72,3 +72,30 @@ def test_a_missing_directory_falls_back_to_sleeping(tmp_path: Path) -> None:
         assert not watcher.active
     finally:
         watcher.close()
+
+
+def test_a_write_to_a_file_ends_a_wait_that_asks_for_modifications(tmp_path: Path) -> None:
+    (tmp_path / "segment").write_bytes(b"page 1")
+    watcher = DirectoryWatch(tmp_path, mask=IN_MODIFY)
+    try:
+        assert wait_any([watcher], 0.01) == []
+        timer = threading.Timer(0.05, lambda: (tmp_path / "segment").open("ab").write(b"2"))
+        timer.start()
+        assert wait_any([watcher], 60) == [watcher]
+        timer.join()
+        assert wait_any([watcher], 0.01) == []  # drained
+    finally:
+        watcher.close()
+
+
+def test_a_wakeup_ends_a_wait_on_directories(watch: DirectoryWatch) -> None:
+    wakeup = Wakeup()
+    try:
+        assert wait_any([watch, wakeup], 0.01) == []
+        timer = threading.Timer(0.05, wakeup.set)
+        timer.start()
+        assert wait_any([watch, wakeup], 60) == [wakeup]
+        timer.join()
+        assert wait_any([watch, wakeup], 0.01) == []  # drained
+    finally:
+        wakeup.close()

@@ -29,7 +29,14 @@ from pgwarden.errors import PgwardenError
 from pgwarden.logs import get_logger
 from pgwarden.wal.acks import Acknowledgements
 from pgwarden.wal.archive import ArchiveConflictError, WalArchive
-from pgwarden.wal.dirwatch import DirectoryWatch
+from pgwarden.wal.dirwatch import (
+    IN_CREATE,
+    IN_MODIFY,
+    IN_MOVED_TO,
+    DirectoryWatch,
+    Wakeup,
+    wait_any,
+)
 from pgwarden.wal.names import kind_of
 from pgwarden.wal.precompress import Precompressor
 
@@ -37,7 +44,12 @@ log = get_logger("wal.archiver")
 
 # How many names of stored files to remember (a day of busy WAL is far fewer).
 REMEMBERED = 4096
+# How often the segment PostgreSQL is writing is looked at for pages to precompress, while
+# it is being written (and how often everything is looked at where inotify is missing).
 POLL_INTERVAL = 0.01
+# How long the archiver waits when nothing is written and no marker appears (it looked
+# every POLL_INTERVAL before: 3.5% of a core for an agent with nothing to do).
+IDLE_INTERVAL = 0.5
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
 # An upload still running after this long counts as a failure for alerting: storage that
 # drops packets makes each attempt wait for its timeouts before it fails.
@@ -102,9 +114,12 @@ class Archiver:
         self._retry_delay: dict[str, float] = {}
         self._pending: dict[str, float] = {}  # ready name -> when we first saw it
         self._stop = threading.Event()
-        # Wakes the scan the moment PostgreSQL writes a .ready marker; the precompressor's
-        # pages are still looked at every POLL_INTERVAL.
+        # Wakes the scan the moment PostgreSQL writes a .ready marker; WAL written to pg_wal
+        # wakes it too (no sooner than POLL_INTERVAL after the last look), for the
+        # precompressor's pages. Nothing happening: a look every IDLE_INTERVAL.
         self._marker_watch = DirectoryWatch(self.status_dir)
+        self._wal_watch = DirectoryWatch(pg_wal, mask=IN_MODIFY | IN_CREATE | IN_MOVED_TO)
+        self._wake = Wakeup()  # an upload ended (an outage may have, a retry is due), or stop
         self._thread = threading.Thread(target=self._watch, name="archiver-watch", daemon=True)
 
     # --- lifecycle --------------------------------------------------------------------
@@ -127,10 +142,13 @@ class Archiver:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        if not self._thread.is_alive():  # else it may still wait on the descriptor
+        if not self._thread.is_alive():  # else it may still wait on the descriptors
             self._marker_watch.close()
+            self._wal_watch.close()
+            self._wake.close()
         if self.acks is not None:  # whoever waits on a FIFO asks the client instead
             with self._lock:
                 self.acks.release_all()
@@ -200,7 +218,38 @@ class Archiver:
                 self._check_health()
             except OSError as exc:  # pg_wal not there yet (a replica being created)
                 log.debug("archiver.scan_failed", reason=str(exc))
+            self._wait_for_change()
+
+    def _wait_for_change(self) -> None:
+        """Until a marker appears (at once), WAL is written (POLL_INTERVAL after the last
+        look at the earliest), a retry or a stall check is due, or IDLE_INTERVAL passed.
+        Without inotify on both directories: POLL_INTERVAL, a marker ending it at once."""
+        following = self.precompress is not None
+        if not self._marker_watch.watching() or (following and not self._wal_watch.watching()):
             self._marker_watch.wait(POLL_INTERVAL)
+            return
+        start = time.monotonic()
+        look_at = start + POLL_INTERVAL
+        until = start + self._idle_for(start)
+        written = False
+        while not self._stop.is_set():
+            left = (look_at if written else until) - time.monotonic()
+            if left <= 0:
+                return
+            watches: list[DirectoryWatch | Wakeup] = [self._marker_watch, self._wake]
+            if following and not written:
+                watches.append(self._wal_watch)
+            fired = wait_any(watches, left)
+            if self._marker_watch in fired or self._wake in fired:
+                return
+            written = written or self._wal_watch in fired
+
+    def _idle_for(self, now: float) -> float:
+        """Seconds until the next look when nothing happens: a retry or a stall check due
+        sooner than IDLE_INTERVAL comes first."""
+        with self._lock:
+            due = [*self._retry_at.values(), *(t + STALLED_AFTER for t in self._started.values())]
+        return max(POLL_INTERVAL, min([IDLE_INTERVAL, *(t - now for t in due if t > now)]))
 
     def _scan(self) -> None:
         markers = [entry.name for entry in self.status_dir.iterdir()]
@@ -296,6 +345,7 @@ class Archiver:
             with self._lock:
                 self._inflight.pop(name, None)
                 self._started.pop(name, None)
+            self._wake.set()
 
     def _succeeded(self, name: str, started: float, stored_now: bool) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ import os
 import select
 import struct
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pgwarden.logs import get_logger
@@ -22,6 +23,7 @@ from pgwarden.logs import get_logger
 log = get_logger("wal.dirwatch")
 
 IN_CREATE = 0x00000100
+IN_MODIFY = 0x00000002
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
 IN_DELETE = 0x00000200
@@ -55,19 +57,21 @@ class DirectoryWatch:
         return self._watching
 
     def wait(self, timeout: float) -> bool:
-        if self._fd is None or not self._watch():
-            time.sleep(timeout)
-            return False
-        poller = select.poll()  # not select(): an agent may hold descriptors past 1024
-        poller.register(self._fd, select.POLLIN)
-        if not poller.poll(timeout * 1000):
-            return False
+        return bool(wait_any([self], timeout))
+
+    def _drain(self) -> None:
+        assert self._fd is not None
         with contextlib.suppress(BlockingIOError):
             while data := os.read(self._fd, 65536):  # drain: one wake-up is enough
                 if _removed(data):
                     # The directory went (a data directory cloned anew): watch its successor.
                     self._watching = False
-        return True
+
+    def watching(self) -> bool:
+        """Watch the directory if it exists now; True if the kernel watches it."""
+        if self._fd is None:
+            return False
+        return self._watch()
 
     def _watch(self) -> bool:
         if self._watching:
@@ -82,6 +86,52 @@ class DirectoryWatch:
             os.close(self._fd)
             self._fd = None
             self._watching = False
+
+
+class Wakeup:
+    """Something for `wait_any` to wait on besides directories: `set` ends the wait."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def set(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):  # the counter is full: it is set anyway
+                os.eventfd_write(self._fd, 1)
+
+    def watching(self) -> bool:
+        return self._fd is not None
+
+    def _drain(self) -> None:
+        assert self._fd is not None
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def wait_any(
+    watches: Sequence[DirectoryWatch | Wakeup], timeout: float
+) -> list[DirectoryWatch | Wakeup]:
+    """Wait until one of `watches` sees an event, at most `timeout` seconds; the ones that
+    did (their events drained). Sleeps the whole `timeout` if none of them can watch."""
+    poller = select.poll()  # not select(): an agent may hold descriptors past 1024
+    watching: dict[int, DirectoryWatch | Wakeup] = {}
+    for watch in watches:
+        if watch.watching():
+            assert watch._fd is not None
+            poller.register(watch._fd, select.POLLIN)
+            watching[watch._fd] = watch
+    if not watching:
+        time.sleep(max(0.0, timeout))
+        return []
+    fired = [watching[fd] for fd, _ in poller.poll(max(0.0, timeout) * 1000)]
+    for watch in fired:
+        watch._drain()
+    return fired
 
 
 def _removed(data: bytes) -> bool:
