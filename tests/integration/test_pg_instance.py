@@ -382,6 +382,49 @@ def test_timeouts_hold_against_a_frozen_server(single: tuple[Cluster, InstanceSp
     inst.stop()
 
 
+def test_a_session_keeps_its_connection_and_replaces_one_postgresql_ended(
+    single: tuple[Cluster, InstanceSpec],
+) -> None:
+    cluster, spec = single
+    inst = cluster.instance(spec)
+    start(cluster, inst)
+    session = sql.Session()
+
+    def backend() -> int:
+        with session.connection(spec.endpoint, spec, 2.0, "asking node5") as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            return int(row[0])
+
+    try:
+        first = backend()
+        assert sql.observe(spec, session=session) is not None
+        assert sql.replicas(spec, session=session) == []
+        assert backend() == first  # one connection for all of them
+        execute(spec, f"SELECT pg_terminate_backend({first}, 5000)")
+        assert sql.observe(spec, session=session) is not None  # replaced before use
+        second = backend()
+        assert second != first
+        inst.stop()
+        start(cluster, inst)
+        assert sql.observe(spec, session=session) is not None  # after a restart too
+        third = backend()
+        assert third != second
+        pid = inst.postmaster_pid()
+        assert pid is not None
+        signal_all(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            assert sql.observe(spec, timeout=1.0, session=session) is None
+            assert time.monotonic() - started < 2.0  # the deadline held on the kept one
+        finally:
+            signal_all(pid, signal.SIGCONT)
+        assert backend() != third  # the connection the deadline cut was dropped
+    finally:
+        session.close()
+    inst.stop()
+
+
 def test_failed_clone_leaves_no_cluster_behind(single: tuple[Cluster, InstanceSpec]) -> None:
     cluster, _ = single
     spec = cluster.spec(6)

@@ -71,8 +71,11 @@ class Executor:
         restore_backup: RestoreBackup | None = None,
         on_promoted: Callable[[int], None] | None = None,
         event: Callable[[str, dict[str, object]], None] | None = None,
+        session: sql.Session | None = None,
     ) -> None:
         self.me = me
+        # The HA loop's connection to the local instance, kept across ticks.
+        self.session = session if session is not None else sql.Session()
         self._record_event = event
         self.replica_methods = tuple(replica_methods)
         self.restore_backup = restore_backup
@@ -211,7 +214,7 @@ class Executor:
                 if cluster.optime != lsn:
                     self.store.set_optime(lsn)
             case act.EnsureSlots(members=members):
-                sql.ensure_slots(self.instance.spec, members)
+                sql.ensure_slots(self.instance.spec, members, session=self.session)
             case act.SetSyncStandbys(names=names):
                 self.memory.sync_standby_names = names
                 self.memory.sync_confirmed_lsn = None

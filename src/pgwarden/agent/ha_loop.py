@@ -106,7 +106,7 @@ class HaLoop:
         )
         if state not in (PgState.RUNNING, PgState.STARTING):
             return local
-        seen = sql.observe(self.instance.spec, timeout=1.0)
+        seen = sql.observe(self.instance.spec, timeout=1.0, session=self.executor.session)
         if seen is None:
             return local
         if state is PgState.STARTING:
@@ -116,7 +116,7 @@ class HaLoop:
         if not seen.in_recovery:
             standbys = tuple(
                 Standby(r.name, r.state, r.sync_state, r.flush_lsn)
-                for r in sql.replicas(self.instance.spec)
+                for r in sql.replicas(self.instance.spec, session=self.executor.session)
             )
         self._confirm_sync(standbys)
         return replace(
@@ -151,7 +151,7 @@ class HaLoop:
         connected = {s.name for s in standbys}
         synchronous = {s.name for s in standbys if s.sync_state in ("sync", "quorum")}
         if (names & connected) and (names & connected) <= synchronous:
-            seen = sql.observe(self.instance.spec, timeout=1.0)
+            seen = sql.observe(self.instance.spec, timeout=1.0, session=self.executor.session)
             if seen is not None and seen.current_lsn is not None:
                 self.memory.sync_confirmed_lsn = seen.current_lsn
 

@@ -1,15 +1,17 @@
 """Probes and SQL actions on PostgreSQL members, as the superuser over TCP (psycopg 3).
 
-Every call opens its own short connection and closes it, and every call has a deadline
-that holds even against a frozen server (SIGSTOP): a timer shuts the socket down, which
-a server-side statement_timeout could not do. Connecting takes its own timeout on top,
-at least 2 s (libpq's minimum, which psycopg follows).
+Every call opens its own short connection and closes it, unless it is given a `Session`
+(the HA loop's probes, several a second), and every call has a deadline that holds even
+against a frozen server (SIGSTOP): a timer shuts the socket down, which a server-side
+statement_timeout could not do. Connecting takes its own timeout on top, at least 2 s
+(libpq's minimum, which psycopg follows).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import threading
 from collections.abc import Collection, Iterator
@@ -141,6 +143,81 @@ def deadline(conn: Connection, seconds: float, what: str) -> Iterator[None]:
         timer.cancel()
 
 
+class Session:
+    """One connection kept for the statements of one caller (the HA loop and its actions).
+
+    The HA loop asks the local instance several things a second; a connection for each
+    (TCP, SCRAM's 4096 HMAC rounds on both sides, a backend forked) cost an idle agent
+    about 2.6% of a core. A kept connection that PostgreSQL closed (it restarted, or ended
+    the backend) is noticed before use and replaced; one a statement failed on because the
+    connection broke (or its deadline cut it) is dropped. Statements are serialised."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._key: tuple[object, ...] = ()
+
+    @contextlib.contextmanager
+    def connection(
+        self, target: Endpoint, spec: InstanceSpec, timeout: float, what: str
+    ) -> Iterator[Connection]:
+        """The kept connection to `target` (made now if there is none usable), under a
+        deadline of `timeout` seconds for the block."""
+        with self._lock:
+            conn = self._usable(target, spec, timeout)
+            try:
+                with deadline(conn, timeout, what):
+                    yield conn
+            finally:
+                if conn.broken or conn.closed:
+                    self._drop()
+
+    def _usable(self, target: Endpoint, spec: InstanceSpec, timeout: float) -> Connection:
+        key = (target.host, target.port, spec.superuser, spec.superuser_password)
+        conn = self._conn
+        if conn is not None and (key != self._key or _ended(conn)):
+            self._drop()
+            conn = None
+        if conn is None:
+            conn = connect_to(target, spec, timeout=timeout)
+            self._conn, self._key = conn, key
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+
+def _ended(conn: Connection) -> bool:
+    """Whether a kept connection can no longer be used: closed, broken, or with something
+    to read between statements (a server that ends a session says why and closes it; a
+    connection dropped for a harmless message costs one reconnect)."""
+    if conn.closed or conn.broken:
+        return True
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+@contextlib.contextmanager
+def _connection(
+    target: Endpoint, spec: InstanceSpec, timeout: float, what: str, session: Session | None
+) -> Iterator[Connection]:
+    """A connection to `target` under a deadline: the session's, or one of its own."""
+    if session is not None:
+        with session.connection(target, spec, timeout, what) as conn:
+            yield conn
+        return
+    with connect_to(target, spec, timeout=timeout) as conn, deadline(conn, timeout, what):
+        yield conn
+
+
 def _where(target: Endpoint) -> str:
     return f"{target.name} at {target.host}:{target.port}"
 
@@ -151,11 +228,16 @@ def _reason(exc: BaseException) -> str:
 
 
 def _run(
-    target: Endpoint, spec: InstanceSpec, timeout: float, doing: str, query: str
+    target: Endpoint,
+    spec: InstanceSpec,
+    timeout: float,
+    doing: str,
+    query: str,
+    session: Session | None = None,
 ) -> list[tuple[Any, ...]]:
     """Run one statement on `target` within `timeout` seconds; its rows (empty if none)."""
     what = f"{doing} on {_where(target)}"
-    with connect_to(target, spec, timeout=timeout) as conn, deadline(conn, timeout, what):
+    with _connection(target, spec, timeout, what, session) as conn:
         cur = conn.execute(query)
         return cur.fetchall() if cur.description else []
 
@@ -174,10 +256,12 @@ FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true
 """
 
 
-def observe(spec: InstanceSpec, timeout: float = 2.0) -> Observation | None:
+def observe(
+    spec: InstanceSpec, timeout: float = 2.0, session: Session | None = None
+) -> Observation | None:
     """Probe the local instance; None when it does not answer within `timeout`."""
     try:
-        rows = _run(spec.endpoint, spec, timeout, "probing", _OBSERVE)
+        rows = _run(spec.endpoint, spec, timeout, "probing", _OBSERVE, session)
     except SqlError:
         return None
     (
@@ -211,7 +295,9 @@ def observe(spec: InstanceSpec, timeout: float = 2.0) -> Observation | None:
     )
 
 
-def replicas(spec: InstanceSpec, timeout: float = 2.0) -> list[ReplicaStat]:
+def replicas(
+    spec: InstanceSpec, timeout: float = 2.0, session: Session | None = None
+) -> list[ReplicaStat]:
     """The standbys connected to the local primary (pg_stat_replication)."""
     rows = _run(
         spec.endpoint,
@@ -220,6 +306,7 @@ def replicas(spec: InstanceSpec, timeout: float = 2.0) -> list[ReplicaStat]:
         "reading pg_stat_replication",
         "SELECT application_name, state, sync_state, flush_lsn::text, replay_lsn::text "
         "FROM pg_stat_replication ORDER BY application_name",
+        session,
     )
     return [
         ReplicaStat(str(name), str(state), str(sync), _lsn(flush), _lsn(replay))
@@ -227,7 +314,12 @@ def replicas(spec: InstanceSpec, timeout: float = 2.0) -> list[ReplicaStat]:
     ]
 
 
-def ensure_slots(spec: InstanceSpec, members: Collection[str], timeout: float = 5.0) -> None:
+def ensure_slots(
+    spec: InstanceSpec,
+    members: Collection[str],
+    timeout: float = 5.0,
+    session: Session | None = None,
+) -> None:
     """On the primary: a physical slot for each member but itself; drop stale ones.
 
     Dropped: inactive, permanent physical slots whose name is no member's slot. Logical
@@ -241,10 +333,13 @@ def ensure_slots(spec: InstanceSpec, members: Collection[str], timeout: float = 
         "reading replication slots",
         "SELECT slot_name, active FROM pg_replication_slots "
         "WHERE slot_type = 'physical' AND NOT temporary",
+        session,
     )
     existing = {str(name): bool(active) for name, active in rows}
+    if not (wanted - existing.keys()) and all(existing[n] for n in existing.keys() - wanted):
+        return  # nothing to create, nothing to drop: the usual case, every tick
     what = f"managing replication slots on {_where(spec.endpoint)}"
-    with connect(spec, timeout=timeout) as conn, deadline(conn, timeout, what):
+    with _connection(spec.endpoint, spec, timeout, what, session) as conn:
         for name in sorted(wanted - existing.keys()):
             with contextlib.suppress(errors.DuplicateObject):
                 conn.execute(
