@@ -15,7 +15,10 @@ through the agent (as PostgreSQL's replay asks for them, one after another, so t
 agent's prefetch works ahead), and once directly against storage (no agent) for scale.
 
 Keys: segments_generated, segments_archived, push_latency_ms_p50, push_latency_ms_p99,
-max_ready_backlog, fetch_segments_per_s (through the agent), plus direct figures.
+max_ready_backlog, fetch_segments_per_s (through the agent), plus direct figures. With
+--put-probe BYTES it also PUTs an object of that size every 2 s during pgbench with the
+archiver's client code and reports put_probe_ms_*: the least a push that stores the
+segment after `.ready` can take on this endpoint under this load.
 Prints JSON on stdout (and to --json FILE); progress goes to stderr.
 """
 
@@ -38,6 +41,7 @@ from typing import Any
 from pgwarden.invocation import pgwarden_command
 from pgwarden.lab import Lab, LabSpec, scratch_directory
 from pgwarden.lab.ha import HaCluster
+from pgwarden.storage.s3 import S3Store
 from pgwarden.wal.dirwatch import IN_CREATE, IN_MOVED_TO, DirectoryWatch
 from pgwarden.wal.names import kind_of
 
@@ -89,6 +93,46 @@ class StatusWatcher(threading.Thread):
         self.max_ready = max(self.max_ready, ready)
 
 
+class PutProbe(threading.Thread):
+    """PUTs an object the size of an archived segment to the lab's S3 endpoint every
+    `interval` seconds with the archiver's own client code, timing each: what storing a
+    segment after its `.ready` marker appeared costs at the least on this endpoint under
+    the same load, whatever the archiver does. It adds PUTs of its own (about half as many
+    as the archiver's), so it runs only when asked (--put-probe)."""
+
+    def __init__(self, store: S3Store, size: int, interval: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.store = store
+        self.body = os.urandom(size)  # compressed WAL does not compress further either
+        self.interval = interval
+        self.latencies: list[float] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        count = 0
+        while not self.stop.wait(self.interval):
+            started = time.monotonic()
+            self.store.put(f"put-probe/{count}", self.body, {"sha256": "0" * 64}, if_absent=True)
+            self.latencies.append((time.monotonic() - started) * 1000)
+            count += 1
+
+
+def put_probe(lab: Lab, scratch: Path, size: int) -> PutProbe:
+    endpoint = lab.s3
+    assert endpoint is not None
+    credentials = scratch / "put-probe.credentials"
+    credentials.write_text(
+        f"[default]\naws_access_key_id = {endpoint.access_key_id}\n"
+        f"aws_secret_access_key = {endpoint.secret_access_key}\n"
+    )
+    store = S3Store(
+        endpoint.bucket, "put-probe", endpoint_url=endpoint.url, region=endpoint.region,
+        credentials_file=str(credentials), force_path_style=True,
+    )  # fmt: skip
+    store.put("put-probe/warm", b"", {})  # the first request's one-time costs
+    return PutProbe(store, size)
+
+
 def pgbench(lab: Lab, member: str, seconds: int, scale: int) -> None:
     dsn = lab.member(member).dsn()
     env = dict(os.environ) | {"PGPASSWORD": lab.credentials.superuser_password}
@@ -120,7 +164,7 @@ def fetch_all(command: str, names: list[str], into: Path) -> tuple[float, float]
     return len(names) / (time.monotonic() - started), statistics.median(calls)
 
 
-def run(seconds: int, scale: int, direct_sample: int) -> dict[str, Any]:
+def run(seconds: int, scale: int, direct_sample: int, probe_size: int = 0) -> dict[str, Any]:
     lab = Lab.create(
         scratch_directory("walbench"),
         LabSpec(zookeeper_nodes=1, s3=True, postgres_nodes=1, agents=True,
@@ -136,7 +180,13 @@ def run(seconds: int, scale: int, direct_sample: int) -> dict[str, Any]:
         watcher.start()
         with lab.connect(primary, autocommit=True) as conn:
             start_lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        probe = put_probe(lab, lab.directory, probe_size) if probe_size else None
+        if probe is not None:
+            probe.start()
         pgbench(lab, primary, seconds, scale)
+        if probe is not None:
+            probe.stop.set()
+            probe.join()
         with lab.connect(primary, autocommit=True) as conn:
             conn.execute("SELECT pg_switch_wal()")
             generated = conn.execute(
@@ -189,9 +239,20 @@ def run(seconds: int, scale: int, direct_sample: int) -> dict[str, Any]:
             "fetch_agent": fetch_status,  # served, and how many from the prefetched spool
             "fetch_direct_segments_per_s": round(direct, 1),
             "fetch_direct_call_ms_p50": round(direct_call_ms, 1),
-        }
+        } | ({} if probe is None else _probe_figures(probe))
     finally:
         lab.down()
+
+
+def _probe_figures(probe: PutProbe) -> dict[str, Any]:
+    ms = probe.latencies
+    return {
+        "put_probe_bytes": len(probe.body),
+        "put_probe_count": len(ms),
+        "put_probe_ms_p50": round(statistics.median(ms), 1) if ms else None,
+        "put_probe_ms_p90": round(percentile(ms, 0.9), 1) if ms else None,
+        "put_probe_ms_max": round(max(ms), 1) if ms else None,
+    }
 
 
 def main() -> None:
@@ -200,8 +261,12 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=16)
     parser.add_argument("--direct-sample", type=int, default=10)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--put-probe", type=int, default=0, metavar="BYTES",
+        help="also PUT an object of BYTES every 2 s during pgbench and time it (put_probe_*)",
+    )  # fmt: skip
     args = parser.parse_args()
-    result = run(args.seconds, args.scale, args.direct_sample)
+    result = run(args.seconds, args.scale, args.direct_sample, args.put_probe)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
