@@ -99,3 +99,36 @@ def test_a_wakeup_ends_a_wait_on_directories(watch: DirectoryWatch) -> None:
         assert wait_any([watch, wakeup], 0.01) == []  # drained
     finally:
         wakeup.close()
+
+
+def test_a_path_that_comes_to_name_another_directory_is_watched_anew(tmp_path: Path) -> None:
+    first, second = tmp_path / "disk1", tmp_path / "disk2"
+    first.mkdir()
+    second.mkdir()
+    link = tmp_path / "pg_wal"  # pg_wal on another mount, cloned again: a new link
+    link.symlink_to(first)
+    watcher = DirectoryWatch(link)
+    try:
+        assert watcher.watching()
+        assert watcher.take_added()
+        assert not watcher.take_added()
+        link.unlink()  # the old target stays: no event ends the old watch
+        link.symlink_to(second)
+        assert watcher.watching()
+        assert watcher.take_added()  # the caller learns to look for what came before
+        watcher.wait(0.01)  # the old watch's end, as an event
+        timer = create_soon(second / "000000010000000000000001.ready")
+        assert watcher.wait(60) is True
+        timer.join()
+        (first / "stale.ready").write_text("")  # the old directory wakes nobody now
+        assert watcher.wait(0.05) is False
+    finally:
+        watcher.close()
+
+
+def test_setting_a_wakeup_after_it_was_closed_does_nothing() -> None:
+    wakeup = Wakeup()
+    wakeup.close()
+    wakeup.set()
+    assert not wakeup.watching()
+    assert wait_any([wakeup], 0.01) == []

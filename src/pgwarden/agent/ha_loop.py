@@ -166,6 +166,16 @@ class HaLoop:
 
     # ----------------------------------------------------------------- tick
     def tick(self) -> TickResult:
+        try:
+            return self._tick()
+        finally:
+            # One connection a tick, not one a question: each tick proves again that
+            # PostgreSQL accepts connections (one kept backend would still answer with its
+            # postmaster hung), and none is held between ticks (a smart shutdown waits
+            # for every session to end).
+            self.executor.session.close()
+
+    def _tick(self) -> TickResult:
         local = self.observe()
         try:
             self.cluster = self.store.read()

@@ -144,12 +144,13 @@ def deadline(conn: Connection, seconds: float, what: str) -> Iterator[None]:
 
 
 class Session:
-    """One connection kept for the statements of one caller (the HA loop and its actions).
+    """One connection kept for the statements of one caller until it closes the session
+    (the HA loop: for one tick, its probes and its actions).
 
-    The HA loop asks the local instance several things a second; a connection for each
-    (TCP, SCRAM's 4096 HMAC rounds on both sides, a backend forked) cost an idle agent
-    about 2.6% of a core. A kept connection that PostgreSQL closed (it restarted, or ended
-    the backend) is noticed before use and replaced; one a statement failed on because the
+    A tick asks the local instance three to five things; a connection for each (TCP,
+    SCRAM's 4096 HMAC rounds on both sides, a backend forked) cost an idle agent about
+    2.6% of a core. A kept connection that PostgreSQL closed (it restarted, or ended the
+    backend) is noticed before use and replaced; one a statement failed on because the
     connection broke (or its deadline cut it) is dropped. Statements are serialised."""
 
     def __init__(self) -> None:

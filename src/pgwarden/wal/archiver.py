@@ -228,6 +228,9 @@ class Archiver:
         if not self._marker_watch.watching() or (following and not self._wal_watch.watching()):
             self._marker_watch.wait(POLL_INTERVAL)
             return
+        # A watch just (re)added: a marker or WAL written before it woke nobody: look again.
+        if self._marker_watch.take_added() | self._wal_watch.take_added():
+            return
         start = time.monotonic()
         look_at = start + POLL_INTERVAL
         until = start + self._idle_for(start)

@@ -14,6 +14,7 @@ import ctypes
 import os
 import select
 import struct
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,9 +43,13 @@ class DirectoryWatch:
         self.mask = mask or IN_CREATE | IN_MOVED_TO
         self._fd: int | None = None
         self._watching = False
+        self._wd = -1
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) when added
+        self._added = False
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             self._add_watch = libc.inotify_add_watch
+            self._rm_watch = libc.inotify_rm_watch
             fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         except (OSError, AttributeError):
             return
@@ -63,22 +68,35 @@ class DirectoryWatch:
         assert self._fd is not None
         with contextlib.suppress(BlockingIOError):
             while data := os.read(self._fd, 65536):  # drain: one wake-up is enough
-                if _removed(data):
+                if _removed(data, self._wd):
                     # The directory went (a data directory cloned anew): watch its successor.
                     self._watching = False
 
     def watching(self) -> bool:
-        """Watch the directory if it exists now; True if the kernel watches it."""
+        """Watch the directory if it exists now; True if the kernel watches it. A path
+        that now names another directory (a symlinked pg_wal whose link was replaced, not
+        its target removed) is watched anew."""
         if self._fd is None:
             return False
+        if self._watching and _identity(self.directory) != self._identity:
+            self._rm_watch(self._fd, self._wd)  # may be gone already: nothing to undo then
+            self._watching = False
         return self._watch()
+
+    def take_added(self) -> bool:
+        """True if the watch was (re)added since the last call: what happened in the
+        directory before then woke nobody."""
+        added, self._added = self._added, False
+        return added
 
     def _watch(self) -> bool:
         if self._watching:
             return True
         assert self._fd is not None
-        if self._add_watch(self._fd, os.fsencode(self.directory), self.mask) >= 0:
-            self._watching = True
+        identity = _identity(self.directory)  # before adding: a later change is then seen
+        wd = self._add_watch(self._fd, os.fsencode(self.directory), self.mask)
+        if wd >= 0:
+            self._watching, self._wd, self._identity, self._added = True, wd, identity, True
         return self._watching
 
     def close(self) -> None:
@@ -88,29 +106,44 @@ class DirectoryWatch:
             self._watching = False
 
 
+def _identity(directory: Path) -> tuple[int, int] | None:
+    try:
+        info = directory.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 class Wakeup:
-    """Something for `wait_any` to wait on besides directories: `set` ends the wait."""
+    """Something for `wait_any` to wait on besides directories: `set` ends the wait. Safe
+    to set from any thread, also while or after another closes it. Without an eventfd
+    (the descriptor limit reached) it never fires: waits then last their timeout."""
 
     def __init__(self) -> None:
-        self._fd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        with contextlib.suppress(OSError):
+            self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
     def set(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):  # the counter is full: it is set anyway
-                os.eventfd_write(self._fd, 1)
+        with self._lock:  # not a descriptor closed meanwhile and reused for something else
+            if self._fd is not None:
+                with contextlib.suppress(OSError):  # the counter is full: it is set anyway
+                    os.eventfd_write(self._fd, 1)
 
     def watching(self) -> bool:
         return self._fd is not None
 
     def _drain(self) -> None:
-        assert self._fd is not None
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(self._fd)
+        with self._lock, contextlib.suppress(BlockingIOError):
+            if self._fd is not None:
+                os.eventfd_read(self._fd)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def wait_any(
@@ -134,12 +167,13 @@ def wait_any(
     return fired
 
 
-def _removed(data: bytes) -> bool:
-    """True if the events in `data` say the watch ended (its directory was removed)."""
+def _removed(data: bytes, wd: int) -> bool:
+    """True if the events in `data` say watch `wd` ended (its directory was removed); the
+    end of a watch replaced before is no news."""
     offset = 0
     while offset + _EVENT.size <= len(data):
-        _, mask, _, length = _EVENT.unpack_from(data, offset)
-        if mask & IN_IGNORED:
+        event_wd, mask, _, length = _EVENT.unpack_from(data, offset)
+        if mask & IN_IGNORED and event_wd == wd:
             return True
         offset += _EVENT.size + length
     return False
