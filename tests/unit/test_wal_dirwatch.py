@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from pgwarden.wal.dirwatch import IN_MODIFY, DirectoryWatch, Wakeup, wait_any
 
@@ -132,3 +133,20 @@ def test_setting_a_wakeup_after_it_was_closed_does_nothing() -> None:
     wakeup.set()
     assert not wakeup.watching()
     assert wait_any([wakeup], 0.01) == []
+
+
+def test_a_directory_that_cannot_be_watched_is_polled_and_said_so_once(
+    status_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watcher = DirectoryWatch(status_dir)
+    monkeypatch.setattr(watcher, "_add_watch", lambda *_: -1)  # the watch limit reached
+    try:
+        with capture_logs() as logged:
+            assert watcher.wait(0.01) is False
+            assert watcher.wait(0.01) is False
+        assert not watcher.active
+        warnings = [e for e in logged if e["event"] == "dirwatch.unavailable"]
+        assert len(warnings) == 1
+        assert warnings[0]["directory"] == str(status_dir)
+    finally:
+        watcher.close()

@@ -74,7 +74,7 @@ class Executor:
         session: sql.Session | None = None,
     ) -> None:
         self.me = me
-        # The HA loop's connection to the local instance, kept across ticks.
+        # The HA loop's connection to the local instance, for one tick (it closes it).
         self.session = session if session is not None else sql.Session()
         self._record_event = event
         self.replica_methods = tuple(replica_methods)

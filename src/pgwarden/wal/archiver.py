@@ -228,14 +228,16 @@ class Archiver:
         if not self._marker_watch.watching() or (following and not self._wal_watch.watching()):
             self._marker_watch.wait(POLL_INTERVAL)
             return
-        # A watch just (re)added: a marker or WAL written before it woke nobody: look again.
-        if self._marker_watch.take_added() | self._wal_watch.take_added():
-            return
         start = time.monotonic()
         look_at = start + POLL_INTERVAL
         until = start + self._idle_for(start)
         written = False
         while not self._stop.is_set():
+            # A watch just (re)added: a marker or WAL written before it woke nobody, so the
+            # next look comes within POLL_INTERVAL (never at once: a watch re-added on every
+            # call must not make this a busy loop).
+            added = self._marker_watch.take_added() | self._wal_watch.take_added()
+            written = written or added
             left = (look_at if written else until) - time.monotonic()
             if left <= 0:
                 return

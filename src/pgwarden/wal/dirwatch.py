@@ -46,6 +46,7 @@ class DirectoryWatch:
         self._wd = -1
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) when added
         self._added = False
+        self._warned = False
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             self._add_watch = libc.inotify_add_watch
@@ -97,6 +98,13 @@ class DirectoryWatch:
         wd = self._add_watch(self._fd, os.fsencode(self.directory), self.mask)
         if wd >= 0:
             self._watching, self._wd, self._identity, self._added = True, wd, identity, True
+        elif identity is not None and not self._warned:  # there, and yet not watched
+            self._warned = True
+            log.warning(
+                "dirwatch.unavailable", directory=str(self.directory),
+                reason=os.strerror(ctypes.get_errno()),
+                consequence="polling it instead (is fs.inotify.max_user_watches reached?)",
+            )  # fmt: skip
         return self._watching
 
     def close(self) -> None:
