@@ -38,10 +38,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from pgwarden.config import S3Storage
 from pgwarden.invocation import pgwarden_command
 from pgwarden.lab import Lab, LabSpec, scratch_directory
+from pgwarden.lab.archiving import s3_storage
 from pgwarden.lab.ha import HaCluster
-from pgwarden.storage.s3 import S3Store
+from pgwarden.storage import ObjectStore, open_store
 from pgwarden.wal.dirwatch import IN_CREATE, IN_MOVED_TO, DirectoryWatch
 from pgwarden.wal.names import kind_of
 
@@ -100,7 +102,7 @@ class PutProbe(threading.Thread):
     the same load, whatever the archiver does. It adds PUTs of its own (about half as many
     as the archiver's), so it runs only when asked (--put-probe)."""
 
-    def __init__(self, store: S3Store, size: int, interval: float = 2.0) -> None:
+    def __init__(self, store: ObjectStore, size: int, interval: float = 2.0) -> None:
         super().__init__(daemon=True)
         self.store = store
         self.body = os.urandom(size)  # compressed WAL does not compress further either
@@ -112,24 +114,16 @@ class PutProbe(threading.Thread):
         count = 0
         while not self.stop.wait(self.interval):
             started = time.monotonic()
-            self.store.put(f"put-probe/{count}", self.body, {"sha256": "0" * 64}, if_absent=True)
+            self.store.put(f"probe-{count}", self.body, {"sha256": "0" * 64}, if_absent=True)
             self.latencies.append((time.monotonic() - started) * 1000)
             count += 1
 
 
 def put_probe(lab: Lab, scratch: Path, size: int) -> PutProbe:
-    endpoint = lab.s3
-    assert endpoint is not None
-    credentials = scratch / "put-probe.credentials"
-    credentials.write_text(
-        f"[default]\naws_access_key_id = {endpoint.access_key_id}\n"
-        f"aws_secret_access_key = {endpoint.secret_access_key}\n"
-    )
-    store = S3Store(
-        endpoint.bucket, "put-probe", endpoint_url=endpoint.url, region=endpoint.region,
-        credentials_file=str(credentials), force_path_style=True,
-    )  # fmt: skip
-    store.put("put-probe/warm", b"", {})  # the first request's one-time costs
+    assert lab.s3 is not None
+    section = s3_storage(lab.s3, "put-probe", scratch / "put-probe.credentials", None)
+    store = open_store(S3Storage.model_validate(section))
+    store.put("warm", b"", {})  # the first request's one-time costs
     return PutProbe(store, size)
 
 

@@ -497,7 +497,6 @@ class Agent:
                 self.store.release_leader(self.me)
             except PgwardenError as exc:
                 log.warning("lease.not_released", error=str(exc))
-        self.executor.session.close()
         if self.wal is not None:
             self.wal.stop()
         self.fence.close()
