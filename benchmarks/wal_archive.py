@@ -19,6 +19,11 @@ max_ready_backlog, fetch_segments_per_s (through the agent), plus direct figures
 --put-probe BYTES it also PUTs an object of that size every 2 s during pgbench with the
 archiver's client code and reports put_probe_ms_*: the least a push that stores the
 segment after `.ready` can take on this endpoint under this load.
+
+Also reported, for reading the figures: cpu_pressure_pct, the share of pgbench's run in
+which some runnable task waited for a CPU (the kernel's PSI "some" line; pgbench, its
+backends, the S3 endpoint and the agent share two cores here, so every step of a push
+waits its turn), and fetch_cpu_ms_per_segment, where the fetch's CPU went.
 Prints JSON on stdout (and to --json FILE); progress goes to stderr.
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import statistics
 import subprocess
@@ -127,15 +133,43 @@ def put_probe(lab: Lab, scratch: Path, size: int) -> PutProbe:
     return PutProbe(store, size)
 
 
-def pgbench(lab: Lab, member: str, seconds: int, scale: int) -> None:
+def pgbench(lab: Lab, member: str, seconds: int, scale: int) -> float | None:
+    """Run pgbench; the share of its run (%) in which some runnable task waited for a
+    CPU (PSI), or None where the kernel has no /proc/pressure."""
     dsn = lab.member(member).dsn()
     env = dict(os.environ) | {"PGPASSWORD": lab.credentials.superuser_password}
     binary = str(lab.bin_dir / "pgbench")
     subprocess.run([binary, "-i", "-q", "-s", str(scale), dsn], env=env, check=True,
                    capture_output=True)  # fmt: skip
     log(f"pgbench -c 4 -j 2 for {seconds} s")
+    waited, started = cpu_waited_us(), time.monotonic()
     subprocess.run([binary, "-n", "-c", "4", "-j", "2", "-T", str(seconds), dsn], env=env,
                    check=True, capture_output=True)  # fmt: skip
+    after, elapsed = cpu_waited_us(), time.monotonic() - started
+    if waited is None or after is None:
+        return None
+    return round((after - waited) / (elapsed * 1e6) * 100, 1)
+
+
+def cpu_waited_us() -> int | None:
+    """Microseconds since boot in which some runnable task waited for a CPU (PSI)."""
+    try:
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return None
+    return int(first.rsplit("total=", 1)[1])
+
+
+def cpu_ms(pid: int) -> tuple[float, float]:
+    """(user, system) CPU milliseconds process `pid` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = 1000 / os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) * tick, int(fields[12]) * tick
+
+
+def children_cpu_ms() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (usage.ru_utime + usage.ru_stime) * 1000
 
 
 def fetch_all(command: str, names: list[str], into: Path) -> tuple[float, float]:
@@ -177,7 +211,7 @@ def run(seconds: int, scale: int, direct_sample: int, probe_size: int = 0) -> di
         probe = put_probe(lab, lab.directory, probe_size) if probe_size else None
         if probe is not None:
             probe.start()
-        pgbench(lab, primary, seconds, scale)
+        pressure = pgbench(lab, primary, seconds, scale)
         if probe is not None:
             probe.stop.set()
             probe.join()
@@ -210,7 +244,11 @@ def run(seconds: int, scale: int, direct_sample: int, probe_size: int = 0) -> di
         direct_command = pgwarden_command(lab.agent_config_path(primary), "wal-fetch", "%f", "%p")
         with tempfile.TemporaryDirectory(dir=data_dir.parent) as scratch:
             log(f"fetching {len(archived)} segments through the agent: {restore_command}")
+            processes = {"agent": lab.process(f"agent-{primary}").pid, "s3": lab.process("s3").pid}
+            before = {name: cpu_ms(pid) for name, pid in processes.items()}
+            shells = children_cpu_ms()
             through_agent, agent_call_ms = fetch_all(restore_command, archived, Path(scratch))
+            fetch_cpu = fetch_cpu_figures(processes, before, shells, len(archived))
             sample = archived[:direct_sample]
             log(f"fetching {len(sample)} segments directly")
             direct, direct_call_ms = fetch_all(direct_command, sample, Path(scratch))
@@ -231,11 +269,28 @@ def run(seconds: int, scale: int, direct_sample: int, probe_size: int = 0) -> di
             "fetch_segments_per_s": round(through_agent, 1),
             "fetch_call_ms_p50": round(agent_call_ms, 1),
             "fetch_agent": fetch_status,  # served, and how many from the prefetched spool
+            "fetch_cpu_ms_per_segment": fetch_cpu,
+            "cpu_pressure_pct": pressure,  # during pgbench: see the module's docstring
             "fetch_direct_segments_per_s": round(direct, 1),
             "fetch_direct_call_ms_p50": round(direct_call_ms, 1),
         } | ({} if probe is None else _probe_figures(probe))
     finally:
         lab.down()
+
+
+def fetch_cpu_figures(
+    processes: dict[str, int], before: dict[str, tuple[float, float]], shells: float, count: int
+) -> dict[str, float]:
+    """CPU milliseconds per fetched segment: the agent's (user and system), the S3
+    endpoint's, and restore_command's shells and their `mv`s (this process's children)."""
+    (user, system), (user_before, system_before) = cpu_ms(processes["agent"]), before["agent"]
+    s3 = sum(cpu_ms(processes["s3"])) - sum(before["s3"])
+    return {
+        "agent_user": round((user - user_before) / count, 1),
+        "agent_system": round((system - system_before) / count, 1),
+        "s3_endpoint": round(s3 / count, 1),
+        "restore_command": round((children_cpu_ms() - shells) / count, 1),
+    }
 
 
 def _probe_figures(probe: PutProbe) -> dict[str, Any]:
