@@ -126,13 +126,14 @@ def check_command(config_path: Path, output: str) -> None:
 
     Follows the newest timeline's history from the first segment the oldest backup needs
     to the newest archived segment, and checks each backup's own WAL range. Every missing
-    segment is named; the exit code is 1 if any is.
+    segment is named; the exit code is 1 if any is, or if the archive holds no WAL.
     """
     from pgwarden.backup.context import BackupContext  # noqa: PLC0415
     from pgwarden.config import load_config  # noqa: PLC0415
     from pgwarden.wal.check import check_archive  # noqa: PLC0415
 
-    report = check_archive(BackupContext.from_settings(load_config(config_path)))
+    context = BackupContext.from_settings(load_config(config_path))
+    report = check_archive(context)
     found = report.continuity
     timelines = " -> ".join(str(tl) for tl, _, _ in found.path)
     if output == "json":
@@ -149,7 +150,12 @@ def check_command(config_path: Path, output: str) -> None:
             }
         )
     elif found.first is None:
-        click.echo("the archive holds no WAL segment on the newest timeline's path")
+        click.echo(
+            "nothing to recover with: the archive holds no WAL segment on the newest "
+            f"timeline's path (looked under {context.layout.wal_prefix} in {context.store!r})"
+        )
+        for problem in report.backup_problems:
+            click.echo(f"  {problem.sentence()}")
     else:
         since = f"the oldest backup {report.oldest_backup}" if report.oldest_backup else "its start"
         state = "no gaps" if not found.gaps else f"{len(found.gaps)} missing segment(s)"

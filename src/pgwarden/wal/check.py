@@ -29,7 +29,13 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        return not self.continuity.gaps and not self.backup_problems
+        """Recovery has what it needs: WAL on the newest timeline's path (an empty archive,
+        or one looked for in the wrong place, is no success), no gap, every backup's WAL."""
+        return (
+            self.continuity.first is not None
+            and not self.continuity.gaps
+            and not self.backup_problems
+        )
 
 
 def check_archive(context: BackupContext, since: Manifest | None = None) -> CheckReport:
