@@ -18,7 +18,9 @@ Keys: segments_generated, segments_archived, push_latency_ms_p50, push_latency_m
 max_ready_backlog, fetch_segments_per_s (through the agent), plus direct figures. With
 --put-probe BYTES it also PUTs an object of that size every 2 s during pgbench with the
 archiver's client code and reports put_probe_ms_*: the least a push that stores the
-segment after `.ready` can take on this endpoint under this load.
+segment after `.ready` can take on this endpoint under this load. With --cp-baseline
+it runs the same pgbench with PostgreSQL archiving by plain `cp` instead (no agent, no S3
+endpoint, no fetch): the push figures of the least any archive_command costs here.
 
 Also reported, for reading the figures: cpu_pressure_pct, the share of pgbench's run in
 which some runnable task waited for a CPU (the kernel's PSI "some" line; pgbench, its
@@ -201,41 +203,11 @@ def run(seconds: int, scale: int, direct_sample: int, probe_size: int = 0) -> di
                 agent_overrides={"postgres": {"parameters": {"max_wal_size": "256MB"}}}),
     )  # fmt: skip
     try:
-        cluster = HaCluster(lab)
-        primary = cluster.wait_converged()
+        primary = HaCluster(lab).wait_converged()
         data_dir = lab.member(primary).data_dir
-        watcher = StatusWatcher(data_dir / "pg_wal" / "archive_status")
-        watcher.start()
-        with lab.connect(primary, autocommit=True) as conn:
-            start_lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
         probe = put_probe(lab, lab.directory, probe_size) if probe_size else None
-        if probe is not None:
-            probe.start()
-        pressure = pgbench(lab, primary, seconds, scale)
-        if probe is not None:
-            probe.stop.set()
-            probe.join()
-        with lab.connect(primary, autocommit=True) as conn:
-            conn.execute("SELECT pg_switch_wal()")
-            generated = conn.execute(
-                "SELECT (pg_current_wal_lsn() - %s::pg_lsn) / (16 * 1024 * 1024)", [start_lsn]
-            ).fetchone()[0]
-        deadline = time.monotonic() + 60
-        while any(n not in watcher.done_at for n in watcher.ready_at):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        watcher.stop.set()
-        latencies = [
-            (watcher.done_at[n] - watcher.ready_at[n]) * 1000
-            for n in watcher.ready_at
-            if n in watcher.done_at
-        ]
-        archived = sorted(watcher.done_at)
-        slowest = sorted(
-            ((n, round((watcher.done_at[n] - watcher.ready_at[n]) * 1000, 1)) for n in archived),
-            key=lambda pair: -pair[1],
-        )[:3]
+        pushed = archive_under_pgbench(lab, primary, seconds, scale, probe)
+        archived = pushed.pop("archived")
         with urllib.request.urlopen(lab.agent_url(primary) + "/status", timeout=5) as answer:
             wal_status = json.load(answer).get("wal") or {}
         with lab.connect(primary, autocommit=True) as conn:
@@ -254,28 +226,88 @@ def run(seconds: int, scale: int, direct_sample: int, probe_size: int = 0) -> di
             direct, direct_call_ms = fetch_all(direct_command, sample, Path(scratch))
         with urllib.request.urlopen(lab.agent_url(primary) + "/status", timeout=5) as answer:
             fetch_status = (json.load(answer).get("wal") or {}).get("fetch")
-        return {
-            "seconds": seconds,
-            "scale": scale,
-            "segments_generated": int(generated),
-            "segments_archived": len(archived),
-            "push_latency_ms_p50": round(statistics.median(latencies), 1) if latencies else None,
-            "push_latency_ms_p99": round(percentile(latencies, 0.99), 1) if latencies else None,
-            "push_latency_ms_p90": round(percentile(latencies, 0.9), 1) if latencies else None,
-            "push_latency_ms_max": round(max(latencies), 1) if latencies else None,
-            "push_slowest": slowest,  # (segment, ms): what sets p99 in a short run
-            "max_ready_backlog": watcher.max_ready,
-            "precompressed": wal_status.get("precompressed"),
-            "fetch_segments_per_s": round(through_agent, 1),
-            "fetch_call_ms_p50": round(agent_call_ms, 1),
-            "fetch_agent": fetch_status,  # served, and how many from the prefetched spool
-            "fetch_cpu_ms_per_segment": fetch_cpu,
-            "cpu_pressure_pct": pressure,  # during pgbench: see the module's docstring
-            "fetch_direct_segments_per_s": round(direct, 1),
-            "fetch_direct_call_ms_p50": round(direct_call_ms, 1),
-        } | ({} if probe is None else _probe_figures(probe))
+        return (
+            {"seconds": seconds, "scale": scale}
+            | pushed
+            | {
+                "precompressed": wal_status.get("precompressed"),
+                "fetch_segments_per_s": round(through_agent, 1),
+                "fetch_call_ms_p50": round(agent_call_ms, 1),
+                "fetch_agent": fetch_status,  # served, and how many from the prefetched spool
+                "fetch_cpu_ms_per_segment": fetch_cpu,
+                "fetch_direct_segments_per_s": round(direct, 1),
+                "fetch_direct_call_ms_p50": round(direct_call_ms, 1),
+            }
+            | ({} if probe is None else _probe_figures(probe))
+        )
     finally:
         lab.down()
+
+
+def run_cp_baseline(seconds: int, scale: int) -> dict[str, Any]:
+    """The same pgbench with PostgreSQL alone archiving by `cp` into a local directory (the
+    lab's plain archive_command; no agent, no S3 endpoint, nothing fetched): what archiving
+    costs PostgreSQL under this load at the least, whatever the archiver."""
+    lab = Lab.create(
+        scratch_directory("walbench-cp"),
+        LabSpec(zookeeper_nodes=0, s3=False, postgres_nodes=1, agents=False,
+                postgres_settings=(("max_wal_size", "'256MB'"),)),
+    )  # fmt: skip
+    try:
+        primary = lab.members[0].name
+        with lab.connect(primary, autocommit=True) as conn:
+            command = conn.execute("SHOW archive_command").fetchone()[0]
+        log(f"archive_command: {command}")
+        pushed = archive_under_pgbench(lab, primary, seconds, scale, None)
+        pushed.pop("archived")
+        return {"seconds": seconds, "scale": scale, "archive_command": command} | pushed
+    finally:
+        lab.down()
+
+
+def archive_under_pgbench(
+    lab: Lab, primary: str, seconds: int, scale: int, probe: PutProbe | None
+) -> dict[str, Any]:
+    """Run pgbench on `primary` while watching its archive_status, then switch WAL and wait
+    until everything ready is archived: the push figures, and the archived names."""
+    watcher = StatusWatcher(lab.member(primary).data_dir / "pg_wal" / "archive_status")
+    watcher.start()
+    with lab.connect(primary, autocommit=True) as conn:
+        start_lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    if probe is not None:
+        probe.start()
+    pressure = pgbench(lab, primary, seconds, scale)
+    if probe is not None:
+        probe.stop.set()
+        probe.join()
+    with lab.connect(primary, autocommit=True) as conn:
+        conn.execute("SELECT pg_switch_wal()")
+        generated = conn.execute(
+            "SELECT (pg_current_wal_lsn() - %s::pg_lsn) / (16 * 1024 * 1024)", [start_lsn]
+        ).fetchone()[0]
+    deadline = time.monotonic() + 60
+    while any(n not in watcher.done_at for n in watcher.ready_at):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    watcher.stop.set()
+    archived = sorted(watcher.done_at)
+    latency = {n: (watcher.done_at[n] - watcher.ready_at[n]) * 1000 for n in archived}
+    ms = list(latency.values())
+    slowest = sorted(latency.items(), key=lambda pair: -pair[1])[:3]
+    return {
+        "segments_generated": int(generated),
+        "segments_archived": len(archived),
+        "push_latency_ms_p50": round(statistics.median(ms), 1) if ms else None,
+        "push_latency_ms_p99": round(percentile(ms, 0.99), 1) if ms else None,
+        "push_latency_ms_p90": round(percentile(ms, 0.9), 1) if ms else None,
+        "push_latency_ms_max": round(max(ms), 1) if ms else None,
+        # (segment, ms): what sets p99 in a short run
+        "push_slowest": [(name, round(value, 1)) for name, value in slowest],
+        "max_ready_backlog": watcher.max_ready,
+        "cpu_pressure_pct": pressure,  # during pgbench: see the module's docstring
+        "archived": archived,
+    }
 
 
 def fetch_cpu_figures(
@@ -314,8 +346,16 @@ def main() -> None:
         "--put-probe", type=int, default=0, metavar="BYTES",
         help="also PUT an object of BYTES every 2 s during pgbench and time it (put_probe_*)",
     )  # fmt: skip
+    parser.add_argument(
+        "--cp-baseline", action="store_true",
+        help="archive with PostgreSQL's plain cp archive_command instead (no agent, no S3, "
+        "no fetch), for scale",
+    )  # fmt: skip
     args = parser.parse_args()
-    result = run(args.seconds, args.scale, args.direct_sample, args.put_probe)
+    if args.cp_baseline:
+        result = run_cp_baseline(args.seconds, args.scale)
+    else:
+        result = run(args.seconds, args.scale, args.direct_sample, args.put_probe)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

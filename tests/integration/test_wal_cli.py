@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pgwarden.codec import decode_bytes
 
@@ -16,16 +15,8 @@ SEGMENT = "000000010000000000000007"
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
-    path = tmp_path / "pgwarden.yml"
-    settings = {
-        "cluster": "main",
-        "member": "db1",
-        "dcs": {"hosts": ["127.0.0.1:2181"]},
-        "storage": {"type": "fs", "directory": str(tmp_path / "store")},
-    }
-    path.write_text(yaml.safe_dump(settings))
-    return path
+def config(fs_config: Path) -> Path:
+    return fs_config
 
 
 def pgwarden(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

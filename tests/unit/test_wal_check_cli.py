@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner, Result
 
 from pgwarden.backup.context import BackupContext
@@ -20,16 +19,8 @@ SEGMENTS = [f"0000000100000000000000{n:02X}" for n in (1, 2, 3)]
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
-    path = tmp_path / "pgwarden.yml"
-    data = {
-        "cluster": "main",
-        "member": "node1",
-        "dcs": {"hosts": ["127.0.0.1:2181"]},
-        "storage": {"type": "fs", "directory": str(tmp_path / "archive")},
-    }
-    path.write_text(yaml.safe_dump(data))
-    return path
+def config(fs_config: Path) -> Path:
+    return fs_config
 
 
 def archive(config: Path, names: list[str]) -> None:
@@ -63,7 +54,7 @@ def test_an_empty_archive_fails_and_says_where_it_looked(config: Path, tmp_path:
     result = check(config)
     assert result.exit_code == 1
     assert "nothing to recover with: the archive holds no WAL segment" in result.output
-    assert str(tmp_path / "archive") in result.output
+    assert str(tmp_path / "store") in result.output
     assert "main/wal/" in result.output
 
 
