@@ -206,8 +206,7 @@ def run(seconds: int, scale: int, direct_sample: int, probe_size: int = 0) -> di
         primary = HaCluster(lab).wait_converged()
         data_dir = lab.member(primary).data_dir
         probe = put_probe(lab, lab.directory, probe_size) if probe_size else None
-        pushed = archive_under_pgbench(lab, primary, seconds, scale, probe)
-        archived = pushed.pop("archived")
+        pushed, archived = archive_under_pgbench(lab, primary, seconds, scale, probe)
         with urllib.request.urlopen(lab.agent_url(primary) + "/status", timeout=5) as answer:
             wal_status = json.load(answer).get("wal") or {}
         with lab.connect(primary, autocommit=True) as conn:
@@ -217,10 +216,9 @@ def run(seconds: int, scale: int, direct_sample: int, probe_size: int = 0) -> di
         with tempfile.TemporaryDirectory(dir=data_dir.parent) as scratch:
             log(f"fetching {len(archived)} segments through the agent: {restore_command}")
             processes = {"agent": lab.process(f"agent-{primary}").pid, "s3": lab.process("s3").pid}
-            before = {name: cpu_ms(pid) for name, pid in processes.items()}
-            shells = children_cpu_ms()
+            before = cpu_snapshot(processes)
             through_agent, agent_call_ms = fetch_all(restore_command, archived, Path(scratch))
-            fetch_cpu = fetch_cpu_figures(processes, before, shells, len(archived))
+            fetch_cpu = fetch_cpu_figures(before, cpu_snapshot(processes), len(archived))
             sample = archived[:direct_sample]
             log(f"fetching {len(sample)} segments directly")
             direct, direct_call_ms = fetch_all(direct_command, sample, Path(scratch))
@@ -258,8 +256,7 @@ def run_cp_baseline(seconds: int, scale: int) -> dict[str, Any]:
         with lab.connect(primary, autocommit=True) as conn:
             command = conn.execute("SHOW archive_command").fetchone()[0]
         log(f"archive_command: {command}")
-        pushed = archive_under_pgbench(lab, primary, seconds, scale, None)
-        pushed.pop("archived")
+        pushed, _ = archive_under_pgbench(lab, primary, seconds, scale, None)
         return {"seconds": seconds, "scale": scale, "archive_command": command} | pushed
     finally:
         lab.down()
@@ -267,7 +264,7 @@ def run_cp_baseline(seconds: int, scale: int) -> dict[str, Any]:
 
 def archive_under_pgbench(
     lab: Lab, primary: str, seconds: int, scale: int, probe: PutProbe | None
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[str]]:
     """Run pgbench on `primary` while watching its archive_status, then switch WAL and wait
     until everything ready is archived: the push figures, and the archived names."""
     watcher = StatusWatcher(lab.member(primary).data_dir / "pg_wal" / "archive_status")
@@ -293,47 +290,56 @@ def archive_under_pgbench(
     watcher.stop.set()
     archived = sorted(watcher.done_at)
     latency = {n: (watcher.done_at[n] - watcher.ready_at[n]) * 1000 for n in archived}
-    ms = list(latency.values())
     slowest = sorted(latency.items(), key=lambda pair: -pair[1])[:3]
+    figures = (
+        {"segments_generated": int(generated), "segments_archived": len(archived)}
+        | ms_figures("push_latency_ms", list(latency.values()), p99=True)
+        | {
+            # (segment, ms): what sets p99 in a short run
+            "push_slowest": [(name, round(value, 1)) for name, value in slowest],
+            "max_ready_backlog": watcher.max_ready,
+            "cpu_pressure_pct": pressure,  # during pgbench: see the module's docstring
+        }
+    )
+    return figures, archived
+
+
+def ms_figures(prefix: str, ms: list[float], *, p99: bool = False) -> dict[str, float | None]:
+    """`<prefix>_p50`, `_p90` (`_p99`) and `_max` of `ms`, rounded; None without samples."""
+    if not ms:
+        names = ("p50", "p90", "p99", "max") if p99 else ("p50", "p90", "max")
+        return {f"{prefix}_{name}": None for name in names}
+    figures = {"p50": statistics.median(ms), "p90": percentile(ms, 0.9)}
+    if p99:
+        figures["p99"] = percentile(ms, 0.99)
+    figures["max"] = max(ms)
+    return {f"{prefix}_{name}": round(value, 1) for name, value in figures.items()}
+
+
+def cpu_snapshot(processes: dict[str, int]) -> dict[str, float]:
+    """CPU milliseconds used so far: the agent's (user, system), the S3 endpoint's, and
+    this process's children's (restore_command's shells and their `mv`s)."""
+    agent_user, agent_system = cpu_ms(processes["agent"])
     return {
-        "segments_generated": int(generated),
-        "segments_archived": len(archived),
-        "push_latency_ms_p50": round(statistics.median(ms), 1) if ms else None,
-        "push_latency_ms_p99": round(percentile(ms, 0.99), 1) if ms else None,
-        "push_latency_ms_p90": round(percentile(ms, 0.9), 1) if ms else None,
-        "push_latency_ms_max": round(max(ms), 1) if ms else None,
-        # (segment, ms): what sets p99 in a short run
-        "push_slowest": [(name, round(value, 1)) for name, value in slowest],
-        "max_ready_backlog": watcher.max_ready,
-        "cpu_pressure_pct": pressure,  # during pgbench: see the module's docstring
-        "archived": archived,
+        "agent_user": agent_user,
+        "agent_system": agent_system,
+        "s3_endpoint": sum(cpu_ms(processes["s3"])),
+        "restore_command": children_cpu_ms(),
     }
 
 
 def fetch_cpu_figures(
-    processes: dict[str, int], before: dict[str, tuple[float, float]], shells: float, count: int
+    before: dict[str, float], after: dict[str, float], count: int
 ) -> dict[str, float]:
-    """CPU milliseconds per fetched segment: the agent's (user and system), the S3
-    endpoint's, and restore_command's shells and their `mv`s (this process's children)."""
-    (user, system), (user_before, system_before) = cpu_ms(processes["agent"]), before["agent"]
-    s3 = sum(cpu_ms(processes["s3"])) - sum(before["s3"])
-    return {
-        "agent_user": round((user - user_before) / count, 1),
-        "agent_system": round((system - system_before) / count, 1),
-        "s3_endpoint": round(s3 / count, 1),
-        "restore_command": round((children_cpu_ms() - shells) / count, 1),
-    }
+    """CPU milliseconds per fetched segment, by `cpu_snapshot`'s parts."""
+    return {part: round((after[part] - before[part]) / count, 1) for part in before}
 
 
 def _probe_figures(probe: PutProbe) -> dict[str, Any]:
-    ms = probe.latencies
     return {
         "put_probe_bytes": len(probe.body),
-        "put_probe_count": len(ms),
-        "put_probe_ms_p50": round(statistics.median(ms), 1) if ms else None,
-        "put_probe_ms_p90": round(percentile(ms, 0.9), 1) if ms else None,
-        "put_probe_ms_max": round(max(ms), 1) if ms else None,
-    }
+        "put_probe_count": len(probe.latencies),
+    } | ms_figures("put_probe_ms", probe.latencies)
 
 
 def main() -> None:
